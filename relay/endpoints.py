@@ -1,0 +1,56 @@
+"""Every internal endpoint of a node, derived from one run directory.
+
+One place builds them so that a restarted child binds/connects exactly where
+its predecessor did, and so that a cluster can later swap ipc:// for tcp://.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NodeEndpoints:
+    run_dir: str
+
+    def _ipc(self, name: str) -> str:
+        return "ipc://" + os.path.join(self.run_dir, name)
+
+    def shard_inbox(self, shard: int) -> str:
+        """Ingress PUSH -> shard PULL (client messages for the shard's rooms)."""
+        return self._ipc(f"shard-{shard}-in.sock")
+
+    def shard_admin(self, shard: int) -> str:
+        """REST bridge DEALER -> shard ROUTER (request/reply on room state)."""
+        return self._ipc(f"shard-{shard}-admin.sock")
+
+    @property
+    def egress(self) -> str:
+        """Shard PUSH -> ingress PULL (unicasts for clients)."""
+        return self._ipc("egress.sock")
+
+    @property
+    def proxy_xsub(self) -> str:
+        """Shard PUB -> proxy XSUB (room poses, room objects)."""
+        return self._ipc("proxy-xsub.sock")
+
+    @property
+    def proxy_control(self) -> str:
+        """Supervisor/metrics -> steerable proxy control (STATISTICS)."""
+        return self._ipc("proxy-control.sock")
+
+    def status_file(self, child: str) -> str:
+        return os.path.join(self.run_dir, f"status-{child}.json")
+
+    @property
+    def supervisor_file(self) -> str:
+        return os.path.join(self.run_dir, "supervisor.json")
+
+    @property
+    def metrics_dir(self) -> str:
+        return os.path.join(self.run_dir, "metrics")
+
+
+def tcp_bind(host: str, port: int) -> str:
+    return f"tcp://{host}:{port}"

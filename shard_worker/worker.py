@@ -1,0 +1,277 @@
+"""The shard worker process: thin I/O around ``ShardState``.
+
+One thread, no locks. Each loop turn: read inbound client messages (bounded
+batch), answer REST admin requests, run due timers, journal the turn's durable
+changes, then send control (bounded by ``ctrl_drain_batch``) before any
+transform broadcast, and broadcasts only as the token bucket allows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import orjson
+import zmq
+
+from relay.config import RelayConfig
+from relay.endpoints import NodeEndpoints
+from relay.frames import HEADER, HEADER_SIZE, unicast_frames
+from relay.logs import setup_logging
+from relay.status import write_status
+from shard_worker.control_queue import ControlQueue
+from shard_worker.room import RoomSettings
+from shard_worker.shaping import LatestOnly, TokenBucket
+from shard_worker.shard import ShardState
+
+log = logging.getLogger("relay.shard")
+
+INBOX_BATCH = 2000
+ADMIN_BATCH = 64
+STATUS_INTERVAL = 1.0
+
+
+class ShardWorker:
+    def __init__(self, config: RelayConfig, shard_index: int, run_dir: str, heartbeat: Any = None) -> None:
+        self.config = config
+        self.index = shard_index
+        self.name = f"shard-{shard_index}"
+        self.endpoints = NodeEndpoints(run_dir)
+        self.heartbeat = heartbeat
+        self.stopping = False
+        now = time.monotonic()
+        self.store = None
+        if config.data_dir:
+            from shard_worker.journal import open_store
+
+            self.store = open_store(config.data_dir, shard_index)
+        self.state = ShardState(
+            RoomSettings.from_config(config),
+            store=self.store,
+            cleanup_interval=config.cleanup_interval,
+            device_sweep_interval=config.device_sweep_interval,
+            ctrl_backlog_watermark=config.ctrl_backlog_watermark,
+            transform_min_rate_hz=config.transform_min_rate_hz,
+            max_virtuals=config.max_virtual_transforms,
+            now=now,
+        )
+        self.control = ControlQueue(config.ctrl_queue_max)
+        self.pending = LatestOnly()
+        self.bucket = TokenBucket(config.transform_budget_bytes_per_sec, now)
+        self.counters = {
+            "unicast_frames_sent": 0,
+            "unicast_recipients": 0,
+            "broadcasts_sent": 0,
+            "broadcast_bytes": 0,
+            "broadcast_again": 0,
+            "egress_again": 0,
+            "admin_requests": 0,
+            "journal_records": 0,
+        }
+        self._next_status = now
+
+    # ------------------------------------------------------------- sockets
+
+    def _open_sockets(self) -> None:
+        ctx = self.ctx = zmq.Context()
+        self.inbox = ctx.socket(zmq.PULL)
+        self.inbox.setsockopt(zmq.LINGER, 0)
+        self.inbox.setsockopt(zmq.RCVHWM, 0)
+        self.inbox.bind(self.endpoints.shard_inbox(self.index))
+        self.admin_sock = ctx.socket(zmq.ROUTER)
+        self.admin_sock.setsockopt(zmq.LINGER, 0)
+        self.admin_sock.bind(self.endpoints.shard_admin(self.index))
+        self.egress = ctx.socket(zmq.PUSH)
+        self.egress.setsockopt(zmq.LINGER, 2000)
+        self.egress.setsockopt(zmq.SNDHWM, 100_000)
+        self.egress.connect(self.endpoints.egress)
+        self.pub = ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        # High mark on the internal hop: subscription bursts and broadcast
+        # bursts must not be lost between shard and proxy.
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.connect(self.endpoints.proxy_xsub)
+        self.poller = zmq.Poller()
+        self.poller.register(self.inbox, zmq.POLLIN)
+        self.poller.register(self.admin_sock, zmq.POLLIN)
+
+    def _close_sockets(self) -> None:
+        for sock in (self.inbox, self.admin_sock, self.pub, self.egress):
+            sock.close()
+        self.ctx.term()
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        self._open_sockets()
+        log.info("%s ready (%d rooms restored lazily from %s)", self.name, 0, self.config.data_dir or "nowhere")
+        try:
+            while not self.stopping:
+                self._turn()
+            self._drain_for_shutdown()
+        finally:
+            if self.store is not None:
+                self.store.close()
+            self._close_sockets()
+            log.info("%s stopped", self.name)
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        if len(self.control):
+            return 0
+        wait = self.state.next_deadline() - now
+        if len(self.pending):
+            first = next(iter(self.pending.frames.values()))
+            wait = min(wait, self.bucket.seconds_until(len(first.payload) * first.fanout))
+        wait = min(wait, self.config.heartbeat_interval)
+        return max(0, int(wait * 1000 + 0.999))
+
+    def _turn(self) -> None:
+        now = time.monotonic()
+        events = dict(self.poller.poll(self._poll_timeout_ms(now)))
+        now = time.monotonic()
+        if self.inbox in events:
+            self._read_inbox(now)
+        if self.admin_sock in events:
+            self._read_admin(now)
+        unicasts, broadcasts = self.state.tick(now, len(self.control))
+        self._enqueue(unicasts, 0)
+        for topic, payload, fanout in broadcasts:
+            self.pending.put(topic, payload, fanout)
+        self._journal()
+        self._send_control()
+        self._send_broadcasts(now)
+        if self.heartbeat is not None:
+            self.heartbeat.value = now
+        if now >= self._next_status:
+            self._next_status = now + STATUS_INTERVAL
+            self._write_status()
+
+    def _read_inbox(self, now: float) -> None:
+        recv = self.inbox.recv_multipart
+        handle = self.state.handle
+        unpack = HEADER.unpack
+        for _ in range(INBOX_BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) != 4 or len(frames[0]) != HEADER_SIZE:
+                self.state.drops.drop("internal_frame", f"{len(frames)} frames from ingress")
+                continue
+            lane, _origin, recv_ns = unpack(frames[0])
+            out = handle(lane, frames[1], frames[2], frames[3], now)
+            if out:
+                self._enqueue(out, recv_ns)
+
+    def _enqueue(self, unicasts: list, recv_ns: int) -> None:
+        push = self.control.push
+        for room_bytes, identities, payload in unicasts:
+            if not push(unicast_frames(room_bytes, payload, identities, recv_ns)):
+                self.state.drops.drop("control_queue_full", f"unicast for room {room_bytes[:64]!r} refused")
+
+    def _read_admin(self, now: float) -> None:
+        for _ in range(ADMIN_BATCH):
+            try:
+                frames = self.admin_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.counters["admin_requests"] += 1
+            if len(frames) != 3:
+                continue
+            peer, request_id, body = frames
+            try:
+                request = orjson.loads(body)
+                if not isinstance(request, dict):
+                    raise ValueError("request is not an object")
+                reply, unicasts = self.state.admin(request, now)
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                reply, unicasts = {"status": 400, "body": {"detail": f"bad admin request: {exc}"}}, []
+            self._enqueue(unicasts, 0)
+            # Journal before the reply: a 200 means the write is on disk.
+            self._journal()
+            self.admin_sock.send_multipart([peer, request_id, orjson.dumps(reply)])
+
+    def _journal(self) -> None:
+        changes = self.state.drain_changes()
+        if changes and self.store is not None:
+            self.store.apply(changes)
+            self.counters["journal_records"] += len(changes)
+
+    def _send_control(self) -> None:
+        send = self.egress.send_multipart
+        control = self.control
+        for _ in range(self.config.ctrl_drain_batch):
+            if not len(control):
+                return
+            try:
+                send(control.peek(), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["egress_again"] += 1
+                return
+            frames = control.pop()
+            self.counters["unicast_frames_sent"] += 1
+            self.counters["unicast_recipients"] += len(frames) - 3
+
+    def _send_broadcasts(self, now: float) -> None:
+        frames = self.pending.frames
+        while frames:
+            topic = next(iter(frames))
+            frame = frames[topic]
+            deducted = self.bucket.try_take(len(frame.payload) * frame.fanout, now)
+            if deducted is None:
+                return
+            try:
+                self.pub.send_multipart([topic, frame.payload], zmq.NOBLOCK)
+            except zmq.Again:
+                self.bucket.refund(deducted)
+                self.counters["broadcast_again"] += 1
+                return
+            del frames[topic]
+            self.counters["broadcasts_sent"] += 1
+            self.counters["broadcast_bytes"] += len(frame.payload)
+
+    def _drain_for_shutdown(self) -> None:
+        """Stop intake, flush what is queued, persist."""
+        deadline = time.monotonic() + 2.0
+        self._journal()
+        while len(self.control) and time.monotonic() < deadline:
+            self._send_control()
+            if len(self.control):
+                time.sleep(0.005)
+        if len(self.control):
+            log.warning("%s: %d control frames not delivered at shutdown", self.name, len(self.control))
+
+    def _write_status(self) -> None:
+        status = self.state.stats()
+        status.update(
+            {
+                "pid": os.getpid(),
+                "ctrl_queue_depth": len(self.control),
+                "ctrl_queue_high_water": self.control.high_water,
+                "ctrl_queue_refused": self.control.refused,
+                "pending_broadcasts": len(self.pending),
+                "replaced_frames": self.pending.replaced,
+                "tokens": self.bucket.tokens,
+                "refunds": self.bucket.refunds,
+                **self.counters,
+            }
+        )
+        write_status(self.endpoints.status_file(self.name), status)
+
+
+def run_shard(config_dict: dict, shard_index: int, run_dir: str, heartbeat: Any = None) -> None:
+    """Process entry point (spawned by the supervisor)."""
+    config = RelayConfig.from_dict(config_dict)
+    setup_logging(f"shard-{shard_index}", config.log_level_console, config.log_json_console, config.log_dir)
+    worker = ShardWorker(config, shard_index, run_dir, heartbeat)
+
+    def handle_term(signum: int, frame: Any) -> None:
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, handle_term)
+    # Ctrl-C reaches the whole process group; the supervisor decides the order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker.run()

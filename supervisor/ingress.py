@@ -1,0 +1,260 @@
+"""The ingress: the only owner of the client-facing ROUTER sockets.
+
+It never parses payloads. Per poll it drains, in priority order, the egress
+(shard -> client unicasts), the control ROUTER, then the transform ROUTER;
+inbound messages go to the shard that owns their room (rendezvous hash,
+cached). Unicasts leave through the control ROUTER with ROUTER_MANDATORY and
+DONTWAIT: a full recipient gets its own ordered retry queue (bounded), and a
+recipient that is gone is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import time
+from collections import Counter, deque
+from typing import Any
+
+import zmq
+
+from relay.config import RelayConfig
+from relay.endpoints import NodeEndpoints, tcp_bind
+from relay.frames import HEADER, HEADER_SIZE, LOCAL_NODE
+from relay.hashing import ShardRouter
+from relay.logs import setup_logging
+from relay.protocol.messages import Lane
+from relay.status import write_status
+
+log = logging.getLogger("relay.ingress")
+
+BATCH = 1000
+TRANSFORM_BATCH_WHEN_CONTROL_BUSY = 100
+MAX_ROOM_BYTES = 255
+RETRY_PER_RECIPIENT = 1024
+RETRY_TOTAL = 100_000
+STATUS_INTERVAL = 1.0
+
+
+class Ingress:
+    def __init__(self, config: RelayConfig, run_dir: str, heartbeat: Any = None) -> None:
+        self.config = config
+        self.endpoints = NodeEndpoints(run_dir)
+        self.heartbeat = heartbeat
+        self.router = ShardRouter(config.shards)
+        self.stopping = False
+        self.counts: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self.retry: dict[bytes, deque[list[bytes]]] = {}
+        self.retry_total = 0
+        self._last_drop_log: dict[str, float] = {}
+        self.control_latency = None  # set by metrics wiring when enabled
+
+    def _open_sockets(self) -> None:
+        ctx = self.ctx = zmq.Context()
+        cfg = self.config
+        self.control = ctx.socket(zmq.ROUTER)
+        self.transform = ctx.socket(zmq.ROUTER)
+        for sock in (self.control, self.transform):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.BACKLOG, 512)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.control.setsockopt(zmq.SNDHWM, 10_000)
+        self.control.bind(tcp_bind(cfg.host, cfg.control_port))
+        self.transform.bind(tcp_bind(cfg.host, cfg.transform_port))
+        self.egress = ctx.socket(zmq.PULL)
+        self.egress.setsockopt(zmq.LINGER, 0)
+        self.egress.setsockopt(zmq.RCVHWM, 0)
+        self.egress.bind(self.endpoints.egress)
+        self.shards = []
+        for index in range(cfg.shards):
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 0)
+            # Messages for a restarting shard wait here (bounded) and are
+            # delivered when it is back; beyond the mark they are dropped.
+            push.setsockopt(zmq.SNDHWM, 50_000)
+            push.connect(self.endpoints.shard_inbox(index))
+            self.shards.append(push)
+        self.poller = zmq.Poller()
+        self.poller.register(self.egress, zmq.POLLIN)
+        self.poller.register(self.control, zmq.POLLIN)
+        self.poller.register(self.transform, zmq.POLLIN)
+
+    def _close_sockets(self) -> None:
+        for sock in (self.control, self.transform, self.egress, *self.shards):
+            sock.close()
+        self.ctx.term()
+
+    def _drop(self, reason: str, detail: str) -> None:
+        self.drops[reason] += 1
+        now = time.monotonic()
+        if now - self._last_drop_log.get(reason, -1e18) >= 5.0:
+            self._last_drop_log[reason] = now
+            log.warning("dropped: %s: %s (total %d)", reason, detail, self.drops[reason])
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self) -> None:
+        self._open_sockets()
+        log.info(
+            "ingress ready: control %s:%d transform %s:%d -> %d shards",
+            self.config.host, self.config.control_port, self.config.host,
+            self.config.transform_port, self.config.shards,
+        )
+        next_status = 0.0
+        try:
+            while not self.stopping:
+                timeout = 0 if self.retry else int(self.config.heartbeat_interval * 1000)
+                events = dict(self.poller.poll(timeout))
+                if self.egress in events:
+                    self._pump_egress()
+                if self.retry:
+                    self._flush_retries()
+                control_busy = False
+                if self.control in events:
+                    control_busy = self._pump_inbound(self.control, Lane.CONTROL, BATCH)
+                if self.transform in events:
+                    budget = TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH
+                    self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
+                now = time.monotonic()
+                if self.heartbeat is not None:
+                    self.heartbeat.value = now
+                if now >= next_status:
+                    next_status = now + STATUS_INTERVAL
+                    self._write_status()
+            # Stop intake; deliver what the shards already handed over.
+            self._drain_egress_for_shutdown()
+        finally:
+            self._close_sockets()
+            log.info("ingress stopped")
+
+    def _pump_inbound(self, sock: zmq.Socket, lane: int, budget: int) -> bool:
+        """Forward up to ``budget`` messages; True if more may be waiting."""
+        recv = sock.recv_multipart
+        route = self.router.route
+        shards = self.shards
+        pack = HEADER.pack
+        received = 0
+        try:
+            while received < budget:
+                try:
+                    frames = recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return False
+                received += 1
+                if len(frames) != 3:
+                    self._drop("frame_count", f"{len(frames)} frames on lane {lane}")
+                    continue
+                identity, room, payload = frames
+                if len(room) > MAX_ROOM_BYTES:
+                    self._drop("room_too_long", f"room id of {len(room)} bytes")
+                    continue
+                try:
+                    shards[route(room)].send_multipart(
+                        [pack(lane, LOCAL_NODE, time.monotonic_ns()), identity, room, payload],
+                        zmq.NOBLOCK,
+                    )
+                except zmq.Again:
+                    self._drop("shard_queue_full", f"shard for room {room[:64]!r} not keeping up")
+            return True
+        finally:
+            self.counts["received_control" if lane == Lane.CONTROL else "received_transform"] += received
+
+    def _pump_egress(self) -> None:
+        recv = self.egress.recv_multipart
+        for _ in range(BATCH):
+            try:
+                frames = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 4 or len(frames[0]) != HEADER_SIZE:
+                self._drop("internal_frame", f"{len(frames)} egress frames")
+                continue
+            _lane, _origin, recv_ns = HEADER.unpack(frames[0])
+            room, payload = frames[1], frames[2]
+            for identity in frames[3:]:
+                self._send_unicast(identity, room, payload)
+            if recv_ns and self.control_latency is not None:
+                self.control_latency((time.monotonic_ns() - recv_ns) / 1e9)
+
+    def _send_unicast(self, identity: bytes, room: bytes, payload: bytes) -> None:
+        queue = self.retry.get(identity)
+        if queue is not None:
+            # Keep per-recipient order: never overtake what is already waiting.
+            self._queue_retry(identity, queue, [identity, room, payload])
+            return
+        try:
+            self.control.send_multipart([identity, room, payload], zmq.NOBLOCK)
+            self.counts["unicast_sent"] += 1
+        except zmq.Again:
+            self.counts["unicast_wouldblock"] += 1
+            queue = self.retry[identity] = deque()
+            self._queue_retry(identity, queue, [identity, room, payload])
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:
+                self._drop("unicast_unreachable", "recipient disconnected")
+            else:
+                self._drop("unicast_error", str(exc))
+
+    def _queue_retry(self, identity: bytes, queue: deque, frames: list[bytes]) -> None:
+        if len(queue) >= RETRY_PER_RECIPIENT or self.retry_total >= RETRY_TOTAL:
+            self._drop("unicast_retry_full", "slow recipient")
+            return
+        queue.append(frames)
+        self.retry_total += 1
+
+    def _flush_retries(self) -> None:
+        for identity in list(self.retry):
+            queue = self.retry[identity]
+            while queue:
+                try:
+                    self.control.send_multipart(queue[0], zmq.NOBLOCK)
+                    self.counts["unicast_sent"] += 1
+                except zmq.Again:
+                    break
+                except zmq.ZMQError:
+                    self._drop("unicast_unreachable", "recipient disconnected while queued")
+                    self.retry_total -= len(queue)
+                    queue.clear()
+                    break
+                queue.popleft()
+                self.retry_total -= 1
+            if not queue:
+                del self.retry[identity]
+
+    def _drain_egress_for_shutdown(self) -> None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if not self.egress.poll(50):
+                break
+            self._pump_egress()
+        self._flush_retries()
+
+    def _write_status(self) -> None:
+        write_status(
+            self.endpoints.status_file("ingress"),
+            {
+                "pid": os.getpid(),
+                "counts": dict(self.counts),
+                "drops": dict(self.drops),
+                "retry_recipients": len(self.retry),
+                "retry_queued": self.retry_total,
+                "route_cache": len(self.router._cache),
+            },
+        )
+
+
+def run_ingress(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
+    config = RelayConfig.from_dict(config_dict)
+    setup_logging("ingress", config.log_level_console, config.log_json_console, config.log_dir)
+    ingress = Ingress(config, run_dir, heartbeat)
+
+    def handle_term(signum: int, frame: Any) -> None:
+        ingress.stopping = True
+
+    signal.signal(signal.SIGTERM, handle_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ingress.run()

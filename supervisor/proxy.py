@@ -1,0 +1,87 @@
+"""The broadcast proxy: shards' PUB sockets -> XSUB (ipc) <-> XPUB (client port).
+
+``zmq.proxy_steerable`` runs in C without the GIL; its control socket answers
+STATISTICS so the node can export message and byte counters. Subscriptions
+flow upstream, so a shard only emits topics somebody subscribed to.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Any
+
+import zmq
+
+from relay.config import RelayConfig
+from relay.endpoints import NodeEndpoints, tcp_bind
+from relay.logs import setup_logging
+
+log = logging.getLogger("relay.proxy")
+
+# Client-facing send mark as the reference: a slow subscriber drops stale
+# room poses instead of replaying them late (NetSync #315).
+CLIENT_SNDHWM = 2
+
+
+def run_proxy(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
+    config = RelayConfig.from_dict(config_dict)
+    setup_logging("proxy", config.log_level_console, config.log_json_console, config.log_dir)
+    endpoints = NodeEndpoints(run_dir)
+    ctx = zmq.Context()
+    xsub = ctx.socket(zmq.XSUB)
+    xsub.setsockopt(zmq.LINGER, 0)
+    # Internal hop: unlimited marks, so subscription storms after a restart
+    # and broadcast bursts are never lost between shards and proxy.
+    xsub.setsockopt(zmq.RCVHWM, 0)
+    xsub.setsockopt(zmq.SNDHWM, 0)
+    xsub.bind(endpoints.proxy_xsub)
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub.setsockopt(zmq.BACKLOG, 512)
+    xpub.setsockopt(zmq.SNDHWM, CLIENT_SNDHWM)
+    xpub.setsockopt(zmq.RCVHWM, 0)
+    xpub.bind(tcp_bind(config.host, config.pub_port))
+    control = ctx.socket(zmq.REP)
+    control.setsockopt(zmq.LINGER, 0)
+    control.bind(endpoints.proxy_control)
+    log.info("proxy ready: pub %s:%d", config.host, config.pub_port)
+
+    stop_requested = threading.Event()
+
+    def handle_term(signum: int, frame: Any) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, handle_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def beat() -> None:
+        # The proxy loop is C code; a thread proves the process is scheduled.
+        import time
+
+        steer = ctx.socket(zmq.REQ)
+        steer.setsockopt(zmq.LINGER, 0)
+        steer.connect(endpoints.proxy_control)
+        while True:
+            if heartbeat is not None:
+                heartbeat.value = time.monotonic()
+            if stop_requested.wait(0.25):
+                # REP in the proxy only accepts steering from one REQ at a time.
+                try:
+                    steer.send(b"TERMINATE")
+                except zmq.ZMQError:
+                    pass
+                steer.close()
+                return
+
+    threading.Thread(target=beat, name="proxy-heartbeat", daemon=True).start()
+    try:
+        zmq.proxy_steerable(xsub, xpub, None, control)
+    except zmq.ContextTerminated:
+        pass
+    finally:
+        for sock in (xsub, xpub, control):
+            sock.close()
+        ctx.term()
+        log.info("proxy stopped")
