@@ -147,6 +147,8 @@ class Room:
         self.write_seq = 0
         self.pending_globals: dict[str, tuple[str, int]] = {}
         self.pending_client: dict[tuple[int, str], tuple[str, int]] = {}
+        self.pending_since: float | None = None
+        self.last_flush_wait: float | None = None
         self.objects: dict[int, RoomObject] = {}
         self.pose_dirty = True
         self.mapping_dirty = False
@@ -383,6 +385,8 @@ class Room:
             log.warning("room %r: global variable limit reached, %r refused", self.room_id, name)
             return []
         self._count_nv_write(now)
+        if self.pending_since is None:
+            self.pending_since = now
         self.pending_globals[name] = (value, sender.client_no)
         return []
 
@@ -415,6 +419,8 @@ class Room:
                 log.warning("room %r: client variable limit reached for %d", self.room_id, target_client_no)
                 return []
         self._count_nv_write(now)
+        if self.pending_since is None:
+            self.pending_since = now
         self.pending_client[(target_client_no, name)] = (value, sender.client_no)
         return []
 
@@ -522,6 +528,9 @@ class Room:
     def flush_nv(self, now: float) -> list[Unicast]:
         """Apply buffered writes and return the delta syncs (BEHAVIOR §10.2)."""
         self.last_nv_flush = now
+        # How long the oldest buffered write waited: the NV set -> sync latency.
+        self.last_flush_wait = None if self.pending_since is None else now - self.pending_since
+        self.pending_since = None
         out: list[Unicast] = []
         changed_globals: list[VarEntry] = []
         for name, (value, writer) in self.pending_globals.items():

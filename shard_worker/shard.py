@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from relay.histogram import LatencyHistogram
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
 from relay.protocol.fastpath import split_client_pose, split_object_pose
 from relay.protocol.messages import (
@@ -91,6 +92,7 @@ class ShardState:
         self._last_pose_generation = now
         self.skipped_ticks = 0
         self.rooms_expired = 0
+        self.nv_latency = LatencyHistogram()
 
     # --------------------------------------------------------------- rooms
 
@@ -195,6 +197,8 @@ class ShardState:
         out: list = []
         if room.nv_flush_due(now):
             out.extend(room.flush_nv(now))
+            if room.last_flush_wait is not None:
+                self.nv_latency.observe(room.last_flush_wait)
         if room.mapping_due(now):
             out.extend(room.broadcast_mapping(now))
         return out
@@ -332,4 +336,6 @@ class ShardState:
             "drops": dict(self.drops.counts),
             "messages_in": dict(self.messages_in),
             "skipped_ticks": self.skipped_ticks,
+            "rooms_expired": self.rooms_expired,
+            "nv_sync_latency": self.nv_latency.to_dict(),
         }

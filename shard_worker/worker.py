@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -70,7 +71,11 @@ class ShardWorker:
             "egress_again": 0,
             "admin_requests": 0,
             "journal_records": 0,
+            "unicast_bytes": 0,
         }
+        # Recipients per message type id (control lane, out) and broadcasts per type id.
+        self.out_by_type: Counter[int] = Counter()
+        self.broadcast_by_type: Counter[int] = Counter()
         self._next_status = now
 
     # ------------------------------------------------------------- sockets
@@ -168,8 +173,12 @@ class ShardWorker:
 
     def _enqueue(self, unicasts: list, recv_ns: int) -> None:
         push = self.control.push
+        out_by_type = self.out_by_type
         for room_bytes, identities, payload in unicasts:
-            if not push(unicast_frames(room_bytes, payload, identities, recv_ns)):
+            if push(unicast_frames(room_bytes, payload, identities, recv_ns)):
+                out_by_type[payload[0]] += len(identities)
+                self.counters["unicast_bytes"] += len(payload) * len(identities)
+            else:
                 self.state.drops.drop("control_queue_full", f"unicast for room {room_bytes[:64]!r} refused")
 
     def _read_admin(self, now: float) -> None:
@@ -231,6 +240,7 @@ class ShardWorker:
                 return
             del frames[topic]
             self.counters["broadcasts_sent"] += 1
+            self.broadcast_by_type[frame.payload[0]] += 1
             self.counters["broadcast_bytes"] += len(frame.payload)
 
     def _drain_for_shutdown(self) -> None:
@@ -256,6 +266,8 @@ class ShardWorker:
                 "replaced_frames": self.pending.replaced,
                 "tokens": self.bucket.tokens,
                 "refunds": self.bucket.refunds,
+                "unicast_out_by_type": dict(self.out_by_type),
+                "broadcast_out_by_type": dict(self.broadcast_by_type),
                 **self.counters,
             }
         )

@@ -24,6 +24,7 @@ from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, tcp_bind
 from relay.frames import HEADER, HEADER_SIZE, LOCAL_NODE
 from relay.hashing import ShardRouter
+from relay.histogram import LatencyHistogram
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
@@ -50,7 +51,7 @@ class Ingress:
         self.retry: dict[bytes, deque[list[bytes]]] = {}
         self.retry_total = 0
         self._last_drop_log: dict[str, float] = {}
-        self.control_latency = None  # set by metrics wiring when enabled
+        self.control_latency = LatencyHistogram()
 
     def _open_sockets(self) -> None:
         ctx = self.ctx = zmq.Context()
@@ -177,8 +178,8 @@ class Ingress:
             room, payload = frames[1], frames[2]
             for identity in frames[3:]:
                 self._send_unicast(identity, room, payload)
-            if recv_ns and self.control_latency is not None:
-                self.control_latency((time.monotonic_ns() - recv_ns) / 1e9)
+            if recv_ns:
+                self.control_latency.observe((time.monotonic_ns() - recv_ns) / 1e9)
 
     def _send_unicast(self, identity: bytes, room: bytes, payload: bytes) -> None:
         queue = self.retry.get(identity)
@@ -243,6 +244,7 @@ class Ingress:
                 "retry_recipients": len(self.retry),
                 "retry_queued": self.retry_total,
                 "route_cache": len(self.router._cache),
+                "control_latency": self.control_latency.to_dict(),
             },
         )
 

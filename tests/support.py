@@ -1,0 +1,362 @@
+"""Test helpers: a real relay node in a subprocess, and real protocol peers.
+
+Everything talks over 127.0.0.1 with free ports picked per node, so tests can
+run side by side. Each helper cleans up its processes and sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import zmq
+
+from relay.protocol import decode, encode
+from relay.protocol.messages import (
+    ClientHello,
+    DeviceIdMapping,
+    Lane,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+RELAYCTL = [sys.executable, "-m", "supervisor.cli"]
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free for both TCP and UDP right now (best effort, loopback)."""
+    ports: list[int] = []
+    holders = []
+    while len(ports) < count:
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        tcp.bind(("127.0.0.1", 0))
+        port = tcp.getsockname()[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            tcp.close()
+            udp.close()
+            continue
+        holders += [tcp, udp]
+        ports.append(port)
+    for sock in holders:
+        sock.close()
+    return ports
+
+
+def write_config(directory: Any, **values: Any) -> str:
+    """A TOML config file with flat keys, as `--config FILE` takes."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    path = os.path.join(str(directory), "relay-test.toml")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return path
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, interval: float = 0.02, what: str = ""
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@dataclass
+class RelayNode:
+    """A `relayctl start` subprocess with its ports and directories."""
+
+    shards: int = 2
+    extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    run_dir: str = ""
+    data_dir: str = ""
+    discovery: bool = False
+
+    def __post_init__(self) -> None:
+        (
+            self.control_port,
+            self.pub_port,
+            self.rest_port,
+            self.discovery_port,
+            self.metrics_port,
+        ) = free_ports(5)
+        self.transform_port = free_ports(1)[0]
+        self._tmp = tempfile.mkdtemp(prefix="relay-test-")
+        self.run_dir = self.run_dir or os.path.join(self._tmp, "run")
+        self.data_dir = self.data_dir or os.path.join(self._tmp, "data")
+        self.log_path = os.path.join(self._tmp, "relay.log")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def args(self) -> list[str]:
+        args = [
+            "start",
+            "--shards",
+            str(self.shards),
+            "--host",
+            "127.0.0.1",
+            "--control-port",
+            str(self.control_port),
+            "--transform-port",
+            str(self.transform_port),
+            "--pub-port",
+            str(self.pub_port),
+            "--rest-api-port",
+            str(self.rest_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            "--run-dir",
+            self.run_dir,
+            "--data-dir",
+            self.data_dir,
+        ]
+        if self.discovery:
+            args += ["--server-discovery-port", str(self.discovery_port)]
+        else:
+            args += ["--no-server-discovery"]
+        return args + self.extra_args
+
+    def start(self, wait: bool = True) -> RelayNode:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            RELAYCTL + self.args,
+            cwd=REPO,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def log_text(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def supervisor_state(self) -> dict | None:
+        try:
+            return orjson.loads(Path(self.run_dir, "supervisor.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+
+    def child_status(self, name: str) -> dict | None:
+        try:
+            return orjson.loads(Path(self.run_dir, f"status-{name}.json").read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+
+    def child_pid(self, name: str) -> int | None:
+        state = self.supervisor_state() or {}
+        child = state.get("children", {}).get(name)
+        return child["pid"] if child and child.get("alive") else None
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"relay exited early:\n{self.log_text()}")
+            return handshake(self, "__ready_probe__", timeout=0.3) is not None
+
+        wait_for(ready, timeout, interval=0.1, what="relay readiness")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._kill_leftovers()
+        self._log.close()
+        return self.proc.returncode
+
+    def _kill_leftovers(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def __enter__(self) -> RelayNode:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def endpoint(self, port: int) -> str:
+        return f"tcp://127.0.0.1:{port}"
+
+
+class RawClient:
+    """A minimal in-repo protocol peer: raw DEALER/DEALER/SUB sockets."""
+
+    def __init__(self, node: RelayNode, room: str, device_id: str, subscribe: bool = True) -> None:
+        self.ctx = zmq.Context.instance()
+        self.room = room
+        self.room_bytes = room.encode()
+        self.device_id = device_id
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.connect(node.endpoint(node.control_port))
+        self.transform = self.ctx.socket(zmq.DEALER)
+        self.transform.setsockopt(zmq.LINGER, 0)
+        self.transform.connect(node.endpoint(node.transform_port))
+        self.sub = None
+        if subscribe:
+            self.sub = self.ctx.socket(zmq.SUB)
+            self.sub.setsockopt(zmq.LINGER, 0)
+            self.sub.connect(node.endpoint(node.pub_port))
+            self.sub.setsockopt(zmq.SUBSCRIBE, self.room_bytes)
+        self.client_no: int | None = None
+
+    def send_control(self, msg: Any) -> None:
+        self.control.send_multipart([self.room_bytes, encode(msg)])
+
+    def send_control_raw(self, frames: list[bytes]) -> None:
+        self.control.send_multipart(frames)
+
+    def send_transform_raw(self, frames: list[bytes]) -> None:
+        self.transform.send_multipart(frames)
+
+    def send_transform(self, msg: Any) -> None:
+        self.transform.send_multipart([self.room_bytes, encode(msg)])
+
+    def hello(self, stealth: bool = False) -> None:
+        self.send_control(ClientHello(8, 1 if stealth else 0, self.device_id))
+
+    def recv_control(self, timeout: float = 2.0) -> Any | None:
+        if not self.control.poll(int(timeout * 1000)):
+            return None
+        room, payload = self.control.recv_multipart()
+        assert room == self.room_bytes, (room, self.room_bytes)
+        return decode(payload)
+
+    def recv_control_until(self, predicate: Callable[[Any], bool], timeout: float = 3.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = self.recv_control(max(0.0, deadline - time.monotonic()))
+            if msg is not None and predicate(msg):
+                return msg
+        return None
+
+    def join(self, stealth: bool = False, timeout: float = 3.0) -> int:
+        self.hello(stealth)
+        msg = self.recv_control_until(
+            lambda m: (
+                isinstance(m, DeviceIdMapping)
+                and any(e.device_id == self.device_id for e in m.mappings)
+            ),
+            timeout,
+        )
+        assert msg is not None, f"{self.device_id} got no mapping"
+        self.client_no = next(e.client_no for e in msg.mappings if e.device_id == self.device_id)
+        return self.client_no
+
+    def recv_pub(self, timeout: float = 2.0) -> tuple[bytes, Any] | None:
+        if self.sub is None or not self.sub.poll(int(timeout * 1000)):
+            return None
+        topic, payload = self.sub.recv_multipart()
+        return topic, decode(payload)
+
+    def drain_control(self) -> list[Any]:
+        out = []
+        while self.control.poll(0):
+            room, payload = self.control.recv_multipart()
+            out.append(decode(payload))
+        return out
+
+    def close(self) -> None:
+        for sock in (self.control, self.transform, self.sub):
+            if sock is not None:
+                sock.close()
+
+
+def handshake(
+    node: RelayNode, device_id: str, room: str = "__probe__", timeout: float = 1.0
+) -> int | None:
+    client = RawClient(node, room, device_id, subscribe=False)
+    try:
+        client.hello()
+        msg = client.recv_control_until(lambda m: isinstance(m, DeviceIdMapping), timeout)
+        return msg.mappings[0].client_no if msg else None
+    finally:
+        client.close()
+
+
+@contextmanager
+def reference_clients(node: RelayNode, rooms: list[str]) -> Iterator[list[Any]]:
+    """Reference Python clients (styly_netsync.net_sync_manager), one per room entry.
+
+    Their receive thread is stopped before the sockets close: closing first
+    can make it spin on a closed socket.
+    """
+    from styly_netsync import net_sync_manager
+
+    clients = []
+    try:
+        for room in rooms:
+            client = net_sync_manager(
+                server="tcp://127.0.0.1",
+                dealer_port=node.control_port,
+                transform_port=node.transform_port,
+                sub_port=node.pub_port,
+                room=room,
+            )
+            clients.append(client.start())
+        yield clients
+    finally:
+        for client in clients:
+            stop_reference_client(client)
+
+
+def stop_reference_client(client: Any) -> None:
+    client._running = False
+    thread = client._receive_thread
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout=2.0)
+    client._running = True
+    client.stop()
+
+
+def send_pose(client: Any, x: float, y: float = 1.5, z: float = 0.0) -> None:
+    """Reference client pose; its device id must be set or all collapse onto ''."""
+    from styly_netsync.types import client_transform_data, transform_data
+
+    client.send_transform(
+        client_transform_data(
+            device_id=client.device_id, head=transform_data(pos_x=x, pos_y=y, pos_z=z)
+        )
+    )
+
+
+def lane_value(lane: str) -> int:
+    return Lane.CONTROL if lane == "control" else Lane.TRANSFORM

@@ -1,0 +1,758 @@
+"""Configuration resolution (relay/config.py) and logging setup (relay/logs.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.config import (
+    ConfigError,
+    RelayConfig,
+    add_config_arguments,
+    config_from_mapping,
+    parse_server_version,
+    resolve_config,
+)
+from relay.logs import setup_logging, shutdown_logging
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def _resolve(*argv: str, env: dict[str, str] | None = None) -> RelayConfig:
+    return resolve_config(_parse(*argv), environ=env or {})
+
+
+def _toml(tmp_path: Path, text: str, name: str = "relay.toml") -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _errors(values: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(values)
+    return info.value.errors
+
+
+# ---------------------------------------------------------------------------
+# defaults
+
+
+def test_defaults_match_reference_and_brief() -> None:
+    c = _resolve()
+    assert (c.control_port, c.transform_port, c.pub_port) == (5555, 5557, 5556)
+    assert (c.server_discovery_port, c.rest_api_port) == (49999, 8800)
+    assert c.server_name == "STYLY-NetSync-Server"
+    assert c.enable_server_discovery is True
+    assert c.transform_broadcast_rate == 10.0 and isinstance(c.transform_broadcast_rate, float)
+    assert c.poll_timeout == 100 and isinstance(c.poll_timeout, int)
+    assert c.client_timeout == 5.0 and isinstance(c.client_timeout, float)
+    assert c.log_level_console == "INFO"
+    assert c.server_version == "0.17.5"
+    assert c.host == "0.0.0.0" and c.rest_host == "127.0.0.1"
+    assert c.metrics_port == 9100
+    assert c.transform_budget_bytes_per_sec == 20_000_000
+    assert 1 <= c.shards <= 64
+    assert c == RelayConfig()
+
+
+def test_every_reference_key_is_a_field() -> None:
+    # Keys of the reference default.toml (BEHAVIOR §14), dealer_port aside.
+    reference_keys = {
+        "control_port", "transform_port", "pub_port", "server_discovery_port",
+        "rest_api_port", "server_name", "enable_server_discovery",
+        "idle_broadcast_interval", "transform_broadcast_rate", "client_timeout",
+        "cleanup_interval", "device_id_expiry_time", "empty_room_expiry_time",
+        "status_log_interval", "main_loop_sleep", "poll_timeout", "max_global_vars",
+        "max_client_vars", "max_var_name_length", "max_var_value_length",
+        "nv_flush_interval", "nv_monitor_window_size", "nv_monitor_threshold",
+        "max_virtual_transforms", "pub_queue_maxsize", "delta_ring_size", "log_dir",
+        "log_level_console", "log_json_console", "log_rotation", "log_retention",
+    }  # fmt: skip
+    names = {f.name for f in dataclasses.fields(RelayConfig)}
+    assert reference_keys <= names
+    assert "dealer_port" not in names
+
+
+def test_config_is_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RelayConfig().control_port = 1  # type: ignore[misc]
+
+
+def test_rest_token_not_in_repr() -> None:
+    c = config_from_mapping({"rest_token": "s3cret"})
+    assert c.rest_token == "s3cret"
+    assert "s3cret" not in repr(c)
+
+
+# ---------------------------------------------------------------------------
+# precedence: CLI > env > file > defaults, each pair
+
+
+def test_file_beats_defaults(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\nserver_name = 'filed'\n")
+    c = _resolve("--config", path)
+    assert c.pub_port == 6000 and c.server_name == "filed"
+
+
+def test_env_beats_defaults() -> None:
+    c = _resolve(env={"RELAY_PUB_PORT": "6001", "RELAY_REST_TOKEN": "tok"})
+    assert c.pub_port == 6001 and c.rest_token == "tok"
+
+
+def test_cli_beats_defaults() -> None:
+    c = _resolve("--pub-port", "6002")
+    assert c.pub_port == 6002
+
+
+def test_env_beats_file(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\nshards = 3\n")
+    c = _resolve("--config", path, env={"RELAY_PUB_PORT": "6001"})
+    assert c.pub_port == 6001
+    assert c.shards == 3  # untouched by env, file value stays
+
+
+def test_cli_beats_file(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\n")
+    assert _resolve("--config", path, "--pub-port", "6002").pub_port == 6002
+
+
+def test_cli_beats_env() -> None:
+    c = _resolve("--shards", "5", env={"RELAY_SHARDS": "7", "RELAY_HOST": "127.0.0.2"})
+    assert c.shards == 5
+    assert c.host == "127.0.0.2"
+
+
+def test_all_three_layers_together(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\nrest_api_port = 6100\nmetrics_port = 6200\n")
+    env = {"RELAY_REST_API_PORT": "6101", "RELAY_METRICS_PORT": "6201"}
+    c = _resolve("--config", path, "--metrics-port", "6202", env=env)
+    assert (c.pub_port, c.rest_api_port, c.metrics_port) == (6000, 6101, 6202)
+
+
+def test_config_file_from_env_variable(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\n")
+    assert _resolve(env={"RELAY_CONFIG": path}).pub_port == 6000
+    other = _toml(tmp_path, "pub_port = 6003\n", name="other.toml")
+    assert _resolve("--config", other, env={"RELAY_CONFIG": path}).pub_port == 6003
+
+
+def test_environ_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RELAY_SERVER_NAME", "from-os-env")
+    assert resolve_config(_parse()).server_name == "from-os-env"
+
+
+# ---------------------------------------------------------------------------
+# environment parsing
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", True), ("true", True), ("YES", True), ("on", True),
+     ("0", False), ("False", False), ("no", False), (" off ", False)],
+)  # fmt: skip
+def test_env_booleans(text: str, expected: bool) -> None:
+    c = _resolve(env={"RELAY_ENABLE_SERVER_DISCOVERY": text, "RELAY_LOG_JSON_CONSOLE": text})
+    assert c.enable_server_discovery is expected
+    assert c.log_json_console is expected
+
+
+def test_env_typed_values() -> None:
+    c = _resolve(
+        env={
+            "RELAY_CLIENT_TIMEOUT": "7.5",
+            "RELAY_POLL_TIMEOUT": "50",
+            "RELAY_LOG_DIR": "/var/log/relay",
+            "RELAY_TRANSFORM_BUDGET_BYTES_PER_SEC": "0",
+        }
+    )
+    assert c.client_timeout == 7.5
+    assert c.poll_timeout == 50 and isinstance(c.poll_timeout, int)
+    assert c.log_dir == "/var/log/relay"
+    assert c.transform_budget_bytes_per_sec == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("RELAY_CONTROL_PORT", "abc"),
+        ("RELAY_CONTROL_PORT", "5555.0"),
+        ("RELAY_CONTROL_PORT", ""),
+        ("RELAY_CLIENT_TIMEOUT", "soon"),
+        ("RELAY_ENABLE_SERVER_DISCOVERY", "maybe"),
+    ],
+)
+def test_env_bad_values_name_the_variable(name: str, text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _resolve(env={name: text})
+    assert len(info.value.errors) == 1
+    assert name in info.value.errors[0]
+
+
+def test_unrelated_env_is_ignored() -> None:
+    c = _resolve(env={"CONTROL_PORT": "1", "PATH": "/bin", "RELAY_NOT_A_KEY": "x"})
+    assert c.control_port == 5555
+
+
+# ---------------------------------------------------------------------------
+# transform_port derivation
+
+
+def test_transform_port_follows_control_port_from_cli() -> None:
+    c = _resolve("--control-port", "6000")
+    assert (c.control_port, c.transform_port) == (6000, 6002)
+
+
+def test_transform_port_follows_control_port_from_env_and_file(tmp_path: Path) -> None:
+    assert _resolve(env={"RELAY_CONTROL_PORT": "6100"}).transform_port == 6102
+    path = _toml(tmp_path, "control_port = 6200\n")
+    assert _resolve("--config", path).transform_port == 6202
+
+
+def test_transform_port_follows_dealer_alias() -> None:
+    assert _resolve("--dealer-port", "6300").transform_port == 6302
+
+
+def test_explicit_transform_port_is_kept_in_every_layer(tmp_path: Path) -> None:
+    assert _resolve("--control-port", "6000", "--transform-port", "7000").transform_port == 7000
+    env = {"RELAY_CONTROL_PORT": "6000", "RELAY_TRANSFORM_PORT": "7001"}
+    assert _resolve(env=env).transform_port == 7001
+    path = _toml(tmp_path, "transform_port = 7002\n")
+    # Explicit in the file, control port moved on the CLI: the file's value wins.
+    assert _resolve("--config", path, "--control-port", "6000").transform_port == 7002
+    assert (
+        config_from_mapping({"control_port": 6000, "transform_port": 7003}).transform_port == 7003
+    )
+
+
+def test_transform_port_derived_in_mapping() -> None:
+    assert config_from_mapping({"control_port": 6000}).transform_port == 6002
+
+
+def test_derived_transform_port_out_of_range_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        _resolve("--control-port", "65534")
+    assert any("transform_port" in e and "65536" in e for e in info.value.errors)
+
+
+# ---------------------------------------------------------------------------
+# dealer_port alias
+
+
+def test_dealer_port_alone_sets_control_port(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "dealer_port = 6400\n")
+    assert _resolve("--config", path).control_port == 6400
+    assert _resolve(env={"RELAY_DEALER_PORT": "6401"}).control_port == 6401
+    assert _resolve("--dealer-port", "6402").control_port == 6402
+    assert config_from_mapping({"dealer_port": 6403}).control_port == 6403
+
+
+def test_control_port_flag_wins_over_dealer_flag() -> None:
+    c = _resolve("--dealer-port", "6500", "--control-port", "6501")
+    assert c.control_port == 6501
+
+
+def test_equal_dealer_and_control_in_file_is_fine(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "dealer_port = 6600\ncontrol_port = 6600\n")
+    assert _resolve("--config", path).control_port == 6600
+
+
+def test_dealer_must_equal_control_in_file(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "dealer_port = 6600\ncontrol_port = 6601\n")
+    with pytest.raises(ConfigError) as info:
+        _resolve("--config", path)
+    assert any("dealer_port" in e for e in info.value.errors)
+
+
+def test_dealer_must_equal_control_in_env_and_mapping() -> None:
+    with pytest.raises(ConfigError, match="dealer_port"):
+        _resolve(env={"RELAY_DEALER_PORT": "6600", "RELAY_CONTROL_PORT": "6601"})
+    with pytest.raises(ConfigError, match="dealer_port"):
+        config_from_mapping({"dealer_port": 6600, "control_port": 6601})
+
+
+def test_cli_control_port_overrides_file_dealer_mismatch_free(tmp_path: Path) -> None:
+    # A reference-style file keeps dealer_port == control_port; moving the port on
+    # the CLI must not trip the alias check.
+    path = _toml(tmp_path, "dealer_port = 5555\ncontrol_port = 5555\n")
+    assert _resolve("--config", path, "--control-port", "6700").control_port == 6700
+
+
+# ---------------------------------------------------------------------------
+# TOML file handling
+
+
+def test_unknown_toml_key_warns_not_errors(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\ncontorl_port = 1\n")
+    with caplog.at_level(logging.WARNING, logger="relay.config"):
+        c = _resolve("--config", path)
+    assert c.pub_port == 6000
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("contorl_port" in r.getMessage() for r in warnings)
+
+
+def test_unknown_mapping_key_is_an_error() -> None:
+    assert any("contorl_port" in e for e in _errors({"contorl_port": 1}))
+
+
+def test_reference_default_toml_is_accepted(tmp_path: Path) -> None:
+    # The reference's full default file, copied by a user, must load unchanged.
+    text = """
+control_port = 5555
+dealer_port = 5555
+transform_port = 5557
+pub_port = 5556
+server_discovery_port = 49999
+rest_api_port = 8800
+server_name = "STYLY-NetSync-Server"
+enable_server_discovery = true
+idle_broadcast_interval = 2.0
+transform_broadcast_rate = 10
+client_timeout = 5
+cleanup_interval = 1.0
+device_id_expiry_time = 86400.0
+empty_room_expiry_time = 86400.0
+status_log_interval = 10.0
+main_loop_sleep = 0.02
+poll_timeout = 100
+max_global_vars = 100
+max_client_vars = 100
+max_var_name_length = 64
+max_var_value_length = 1024
+nv_flush_interval = 0.05
+nv_monitor_window_size = 1.0
+nv_monitor_threshold = 200
+max_virtual_transforms = 50
+pub_queue_maxsize = 10000
+delta_ring_size = 10000
+log_dir = ""
+log_level_console = "INFO"
+log_json_console = false
+log_rotation = ""
+log_retention = ""
+"""
+    c = _resolve("--config", _toml(tmp_path, text))
+    assert c == dataclasses.replace(RelayConfig(), shards=c.shards)
+    assert isinstance(c.client_timeout, float)  # TOML int accepted for a float key
+
+
+def test_missing_config_file_names_the_file(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError) as info:
+        _resolve("--config", missing)
+    assert missing in str(info.value)
+
+
+def test_corrupt_config_file_names_the_file(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "control_port = = 5\n[[[")
+    with pytest.raises(ConfigError) as info:
+        _resolve("--config", path)
+    assert path in str(info.value)
+    assert "TOML" in str(info.value)
+
+
+def test_wrong_types_in_file_are_errors(tmp_path: Path) -> None:
+    path = _toml(
+        tmp_path,
+        'control_port = "5555"\nenable_server_discovery = 1\npub_port = true\n'
+        "shards = 2.5\nserver_name = 3\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        _resolve("--config", path)
+    errors = info.value.errors
+    for key in ("control_port", "enable_server_discovery", "pub_port", "shards", "server_name"):
+        assert any(key in e and path in e for e in errors), key
+    assert len(errors) == 5
+
+
+def test_corrupt_file_and_bad_env_reported_together(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "[[[")
+    with pytest.raises(ConfigError) as info:
+        _resolve("--config", path, "--shards", "0", env={"RELAY_PUB_PORT": "x"})
+    text = str(info.value)
+    assert path in text and "RELAY_PUB_PORT" in text and "shards" in text
+    assert len(info.value.errors) == 3
+
+
+# ---------------------------------------------------------------------------
+# validation: every rule
+
+
+@pytest.mark.parametrize(
+    ("values", "needle"),
+    [
+        ({"control_port": 0}, "control_port"),
+        ({"control_port": 65536, "transform_port": 5557}, "control_port"),
+        ({"transform_port": 0}, "transform_port"),
+        ({"pub_port": -1}, "pub_port"),
+        ({"server_discovery_port": 70000}, "server_discovery_port"),
+        ({"rest_api_port": 0}, "rest_api_port"),
+        ({"metrics_port": -1}, "metrics_port"),
+        ({"metrics_port": 65536}, "metrics_port"),
+        ({"pub_port": 5555}, "must differ"),
+        ({"rest_api_port": 5557}, "must differ"),
+        ({"metrics_port": 8800}, "must differ"),
+        ({"server_discovery_port": 5556}, "must differ"),
+        ({"idle_broadcast_interval": 0.0}, "idle_broadcast_interval"),
+        ({"client_timeout": -1.0}, "client_timeout"),
+        ({"cleanup_interval": 0.0}, "cleanup_interval"),
+        ({"device_id_expiry_time": 0.0}, "device_id_expiry_time"),
+        ({"empty_room_expiry_time": -5.0}, "empty_room_expiry_time"),
+        ({"status_log_interval": 0.0}, "status_log_interval"),
+        ({"main_loop_sleep": 0.0}, "main_loop_sleep"),
+        ({"main_loop_sleep": float("nan")}, "main_loop_sleep"),
+        ({"client_timeout": float("inf")}, "client_timeout"),
+        ({"nv_flush_interval": 0.0}, "nv_flush_interval"),
+        ({"nv_monitor_window_size": 0.0}, "nv_monitor_window_size"),
+        ({"transform_broadcast_rate": 0.4}, "transform_broadcast_rate"),
+        ({"transform_broadcast_rate": 61.0}, "transform_broadcast_rate"),
+        ({"transform_broadcast_rate": float("nan")}, "transform_broadcast_rate"),
+        (
+            {"transform_broadcast_rate": 0.5, "idle_broadcast_interval": 1.0},
+            "idle_broadcast_interval",
+        ),
+        ({"poll_timeout": 0}, "poll_timeout"),
+        ({"max_global_vars": 0}, "max_global_vars"),
+        ({"max_client_vars": 0}, "max_client_vars"),
+        ({"max_var_name_length": 0}, "max_var_name_length"),
+        ({"max_var_name_length": 256}, "max_var_name_length"),
+        ({"max_var_value_length": 0}, "max_var_value_length"),
+        ({"max_var_value_length": 65536}, "max_var_value_length"),
+        ({"nv_monitor_threshold": 0}, "nv_monitor_threshold"),
+        ({"max_virtual_transforms": 0}, "max_virtual_transforms"),
+        ({"max_virtual_transforms": 256}, "max_virtual_transforms"),
+        ({"pub_queue_maxsize": 0}, "pub_queue_maxsize"),
+        ({"delta_ring_size": 0}, "delta_ring_size"),
+        ({"log_level_console": "VERBOSE"}, "log_level_console"),
+        ({"shards": 0}, "shards"),
+        ({"shards": 65}, "shards"),
+        ({"transform_budget_bytes_per_sec": -1}, "transform_budget_bytes_per_sec"),
+        ({"ctrl_drain_batch": 0}, "ctrl_drain_batch"),
+        ({"ctrl_queue_max": 0}, "ctrl_queue_max"),
+        ({"ctrl_backlog_watermark": 0}, "ctrl_backlog_watermark"),
+        ({"ctrl_backlog_watermark": 200, "ctrl_queue_max": 100}, "ctrl_backlog_watermark"),
+        ({"transform_min_rate_hz": 0.0}, "transform_min_rate_hz"),
+        ({"device_sweep_interval": 0.0}, "device_sweep_interval"),
+        ({"mapping_throttle_interval": 0.0}, "mapping_throttle_interval"),
+        ({"heartbeat_interval": 0.0}, "heartbeat_interval"),
+        ({"heartbeat_timeout": 0.0}, "heartbeat_timeout"),
+        ({"heartbeat_timeout": 0.5, "heartbeat_interval": 0.5}, "heartbeat_timeout"),
+        ({"rest_request_timeout": 0.0}, "rest_request_timeout"),
+        ({"rest_max_body_bytes": 0}, "rest_max_body_bytes"),
+        ({"object_idle_broadcast_interval": 0.0}, "object_idle_broadcast_interval"),
+        ({"server_version": "0.17"}, "server_version"),
+        ({"server_version": "latest"}, "server_version"),
+        ({"server_version": "0.256.0"}, "server_version"),
+        ({"server_version": "-1.0.0"}, "server_version"),
+        ({"host": ""}, "host"),
+        ({"rest_host": " "}, "rest_host"),
+        ({"server_name": ""}, "server_name"),
+        ({"data_dir": ""}, "data_dir"),
+    ],
+)
+def test_each_rule_rejects(values: dict[str, Any], needle: str) -> None:
+    errors = _errors(values)
+    assert len(errors) == 1, errors
+    assert needle in errors[0]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"control_port": 1, "transform_port": 65535, "pub_port": 2, "rest_api_port": 3},
+        {"metrics_port": 0},
+        {"enable_server_discovery": False, "server_discovery_port": 5556},
+        # Reference-valid slow rate stays valid although below the default floor.
+        {"transform_broadcast_rate": 0.5, "idle_broadcast_interval": 2.0},
+        {"transform_broadcast_rate": 60.0},
+        {"shards": 1},
+        {"shards": 64},
+        {"transform_budget_bytes_per_sec": 0},
+        {"log_level_console": "debug"},
+        {"server_version": "0.0.0"},
+        {"server_version": "255.255.255"},
+        {"server_version": "0.17.5-rc1"},
+        {"max_virtual_transforms": 255, "max_var_name_length": 255},
+        {"ctrl_backlog_watermark": 100, "ctrl_queue_max": 100},
+    ],
+)
+def test_boundaries_accepted(values: dict[str, Any]) -> None:
+    config_from_mapping(values)
+
+
+def test_log_level_is_normalised() -> None:
+    assert config_from_mapping({"log_level_console": " warning "}).log_level_console == "WARNING"
+    assert _resolve("--log-level-console", "error").log_level_console == "ERROR"
+
+
+def test_several_errors_reported_together() -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(
+            {
+                "control_port": 0,
+                "shards": 0,
+                "client_timeout": -1.0,
+                "server_version": "x",
+                "log_level_console": "LOUD",
+                "ctrl_drain_batch": "many",
+            }
+        )
+    errors = info.value.errors
+    assert len(errors) == 6
+    lines = str(info.value).splitlines()
+    assert lines == errors
+    for key in ("control_port", "shards", "client_timeout", "server_version", "log_level_console",
+                "ctrl_drain_batch"):  # fmt: skip
+        assert any(key in line for line in lines), key
+
+
+def test_config_error_is_value_error() -> None:
+    assert issubclass(ConfigError, ValueError)
+
+
+# ---------------------------------------------------------------------------
+# command line flags
+
+
+def test_every_flag_parses() -> None:
+    ns = _parse(
+        "--config", "x.toml", "--no-server-discovery", "--control-port", "1",
+        "--dealer-port", "2", "--transform-port", "3", "--pub-port", "4",
+        "--server-discovery-port", "5", "--rest-api-port", "6", "--log-dir", "d",
+        "--log-rotation", "r", "--log-retention", "t", "--log-json-console",
+        "--log-level-console", "DEBUG", "--shards", "7", "--host", "h", "--run-dir", "rd",
+        "--data-dir", "dd", "--metrics-port", "8", "--rest-host", "rh", "--rest-token", "tk",
+        "--server-name", "sn", "--server-version", "1.2.3",
+        "--transform-budget-bytes-per-sec", "9",
+    )  # fmt: skip
+    assert ns.config == "x.toml"
+    assert ns.enable_server_discovery is False
+    assert (ns.control_port, ns.dealer_port, ns.transform_port, ns.pub_port) == (1, 2, 3, 4)
+    assert (ns.server_discovery_port, ns.rest_api_port, ns.metrics_port) == (5, 6, 8)
+    assert (ns.log_dir, ns.log_rotation, ns.log_retention) == ("d", "r", "t")
+    assert ns.log_json_console is True and ns.log_level_console == "DEBUG"
+    assert (ns.shards, ns.host, ns.run_dir, ns.data_dir) == (7, "h", "rd", "dd")
+    assert (ns.rest_host, ns.rest_token, ns.server_name) == ("rh", "tk", "sn")
+    assert ns.server_version == "1.2.3" and ns.transform_budget_bytes_per_sec == 9
+
+
+def test_unset_flags_are_none() -> None:
+    ns = _parse()
+    for key, value in vars(ns).items():
+        assert value is None, key
+
+
+def test_flags_reach_the_config() -> None:
+    c = _resolve(
+        "--no-server-discovery", "--log-json", "--shards", "3", "--run-dir", "/tmp/r",
+        "--server-version", "0.18.0", "--rest-token", "abc", "--log-dir", "/tmp/l",
+    )  # fmt: skip
+    assert c.enable_server_discovery is False
+    assert c.log_json_console is True
+    assert (c.shards, c.run_dir, c.server_version, c.rest_token, c.log_dir) == (
+        3, "/tmp/r", "0.18.0", "abc", "/tmp/l",
+    )  # fmt: skip
+
+
+def test_cli_false_beats_env_true() -> None:
+    # store_const False must count as "given", not be mistaken for "unset".
+    c = _resolve("--no-server-discovery", env={"RELAY_ENABLE_SERVER_DISCOVERY": "true"})
+    assert c.enable_server_discovery is False
+
+
+def test_cli_does_not_reset_env_booleans_when_absent() -> None:
+    c = _resolve(env={"RELAY_ENABLE_SERVER_DISCOVERY": "false", "RELAY_LOG_JSON_CONSOLE": "1"})
+    assert c.enable_server_discovery is False and c.log_json_console is True
+
+
+def test_resolve_accepts_foreign_namespace() -> None:
+    # The lead's CLI may build its own Namespace with other attributes.
+    ns = argparse.Namespace(command="start", shards=2, verbose=True)
+    assert resolve_config(ns, environ={}).shards == 2
+
+
+# ---------------------------------------------------------------------------
+# round trip
+
+
+def test_to_dict_from_dict_round_trip() -> None:
+    c = config_from_mapping(
+        {"control_port": 7000, "shards": 3, "rest_token": "t", "client_timeout": 2.5,
+         "enable_server_discovery": False, "log_level_console": "debug"}
+    )  # fmt: skip
+    data = c.to_dict()
+    assert data["transform_port"] == 7002
+    wire = json.loads(orjson.dumps(data))
+    assert RelayConfig.from_dict(wire) == c
+    assert set(data) == {f.name for f in dataclasses.fields(RelayConfig)}
+
+
+def test_from_dict_keeps_explicit_transform_port() -> None:
+    c = config_from_mapping({"control_port": 7000, "transform_port": 9000})
+    assert RelayConfig.from_dict(c.to_dict()).transform_port == 9000
+
+
+def test_from_dict_validates() -> None:
+    data = RelayConfig().to_dict()
+    data["shards"] = 0
+    data["bogus"] = 1
+    with pytest.raises(ConfigError) as info:
+        RelayConfig.from_dict(data)
+    assert len(info.value.errors) == 2
+
+
+# ---------------------------------------------------------------------------
+# server version
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0.17.5", (0, 17, 5)),
+        ("1.2.3-beta", (1, 2, 3)),
+        ("1.2.3+build.7", (1, 2, 3)),
+        ("1.2", (1, 2, 0)),
+        ("4", (4, 0, 0)),
+        ("1.2.3.4", (1, 2, 3)),
+        ("300.1.999", (255, 1, 255)),
+        ("", (0, 0, 0)),
+        ("latest", (0, 0, 0)),
+        ("1.x.3", (0, 0, 0)),
+        ("-1.0.0", (0, 0, 0)),
+        ("1. 2.3", (0, 0, 0)),
+    ],
+)
+def test_parse_server_version(text: str, expected: tuple[int, int, int]) -> None:
+    assert parse_server_version(text) == expected
+
+
+def test_server_version_tuple_property() -> None:
+    assert config_from_mapping({"server_version": "0.18.2"}).server_version_tuple == (0, 18, 2)
+
+
+# ---------------------------------------------------------------------------
+# relay/logs.py
+
+
+@pytest.fixture
+def clean_logging() -> Any:
+    root = logging.getLogger()
+    level = root.level
+    yield
+    shutdown_logging()
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_text_lines_carry_child_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    log = setup_logging("shard-0", level="INFO")
+    log.info("hello %s", "world")
+    log.debug("hidden")
+    logging.getLogger("relay.other").warning("from elsewhere")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    assert all("[shard-0]" in line for line in lines)
+    assert "INFO" in lines[0] and lines[0].endswith("hello world")
+    assert "WARNING" in lines[1] and "relay.other" in lines[1]
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_text_traceback_lines_keep_prefix(capsys: pytest.CaptureFixture[str]) -> None:
+    log = setup_logging("ingress")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) > 2
+    assert all("[ingress]" in line for line in lines)
+    assert any("RuntimeError: boom" in line for line in lines)
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_json_lines_parse(capsys: pytest.CaptureFixture[str]) -> None:
+    log = setup_logging("proxy", level="debug", json_lines=True)
+    log.debug("multi\nline", extra={"room": "r1", "count": 3, "obj": object()})
+    log.warning("second")
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["msg"] == "multi\nline"
+    assert first["level"] == "DEBUG" and first["child"] == "proxy"
+    assert first["logger"] == log.name
+    assert first["room"] == "r1" and first["count"] == 3
+    assert first["obj"].startswith("<object")
+    assert first["ts"].endswith("Z") and "T" in first["ts"]
+    assert second["level"] == "WARNING" and "room" not in second
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_json_exception_field(capsys: pytest.CaptureFixture[str]) -> None:
+    log = setup_logging("rest", json_lines=True)
+    try:
+        raise KeyError("k")
+    except KeyError:
+        log.exception("oops")
+    (line,) = capsys.readouterr().err.splitlines()
+    event = json.loads(line)
+    assert "KeyError" in event["exc"]
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_file_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log_dir = tmp_path / "logs" / "nested"
+    log = setup_logging("shard-2", level="INFO", log_dir=str(log_dir))
+    log.info("to file", extra={"room": "abc"})
+    shutdown_logging()  # flushes and closes the file
+    path = log_dir / "netsync-relay-shard-2.log"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 1
+    event = json.loads(lines[0])
+    assert event["msg"] == "to file" and event["child"] == "shard-2" and event["room"] == "abc"
+    # The console stays in text mode.
+    assert "[shard-2]" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_setup_is_idempotent(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    setup_logging("supervisor", log_dir=str(tmp_path))
+    log = setup_logging("supervisor", log_dir=str(tmp_path))
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "_netsync_relay_handler", False)]
+    assert len(ours) == 2  # one console + one file, not doubled
+    log.info("once")
+    assert capsys.readouterr().err.count("once") == 1
+
+
+@pytest.mark.usefixtures("clean_logging")
+def test_resetup_relabels_and_keeps_foreign_handlers(capsys: pytest.CaptureFixture[str]) -> None:
+    foreign = logging.NullHandler()
+    root = logging.getLogger()
+    root.addHandler(foreign)
+    try:
+        setup_logging("supervisor")
+        log = setup_logging("shard-1")
+        log.info("relabelled")
+        err = capsys.readouterr().err
+        assert "[shard-1]" in err and "[supervisor]" not in err
+        assert foreign in root.handlers
+    finally:
+        root.removeHandler(foreign)
+
+
+def test_bad_level_rejected() -> None:
+    with pytest.raises(ValueError):
+        setup_logging("x", level="LOUD")
