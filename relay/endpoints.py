@@ -17,9 +17,10 @@ class NodeEndpoints:
     def _ipc(self, name: str) -> str:
         return "ipc://" + os.path.join(self.run_dir, name)
 
-    def shard_inbox(self, shard: int) -> str:
-        """Ingress PUSH -> shard PULL (client messages for the shard's rooms)."""
-        return self._ipc(f"shard-{shard}-in.sock")
+    def shard_inbox(self, shard: int, lane: int) -> str:
+        """Ingress PUSH -> shard PULL, one pipe per lane so that a shard can
+        read control before transform even when transforms queue up."""
+        return self._ipc(f"shard-{shard}-in{lane}.sock")
 
     def shard_admin(self, shard: int) -> str:
         """REST bridge DEALER -> shard ROUTER (request/reply on room state)."""

@@ -22,6 +22,7 @@ from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.frames import HEADER, HEADER_SIZE, unicast_frames
 from relay.logs import setup_logging
+from relay.protocol.messages import Lane
 from relay.status import write_status
 from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
@@ -30,7 +31,9 @@ from shard_worker.shard import ShardState
 
 log = logging.getLogger("relay.shard")
 
-INBOX_BATCH = 2000
+CONTROL_BATCH = 2000
+# Small enough that control waiting behind a transform batch waits ~ms, not tens.
+TRANSFORM_BATCH = 500
 ADMIN_BATCH = 64
 STATUS_INTERVAL = 1.0
 
@@ -82,10 +85,11 @@ class ShardWorker:
 
     def _open_sockets(self) -> None:
         ctx = self.ctx = zmq.Context()
-        self.inbox = ctx.socket(zmq.PULL)
-        self.inbox.setsockopt(zmq.LINGER, 0)
-        self.inbox.setsockopt(zmq.RCVHWM, 0)
-        self.inbox.bind(self.endpoints.shard_inbox(self.index))
+        self.control_inbox = ctx.socket(zmq.PULL)
+        self.transform_inbox = ctx.socket(zmq.PULL)
+        for lane, sock in ((Lane.CONTROL, self.control_inbox), (Lane.TRANSFORM, self.transform_inbox)):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(self.endpoints.shard_inbox(self.index, lane))
         self.admin_sock = ctx.socket(zmq.ROUTER)
         self.admin_sock.setsockopt(zmq.LINGER, 0)
         self.admin_sock.bind(self.endpoints.shard_admin(self.index))
@@ -100,11 +104,12 @@ class ShardWorker:
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.connect(self.endpoints.proxy_xsub)
         self.poller = zmq.Poller()
-        self.poller.register(self.inbox, zmq.POLLIN)
+        self.poller.register(self.control_inbox, zmq.POLLIN)
+        self.poller.register(self.transform_inbox, zmq.POLLIN)
         self.poller.register(self.admin_sock, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
-        for sock in (self.inbox, self.admin_sock, self.pub, self.egress):
+        for sock in (self.control_inbox, self.transform_inbox, self.admin_sock, self.pub, self.egress):
             sock.close()
         self.ctx.term()
 
@@ -137,8 +142,11 @@ class ShardWorker:
         now = time.monotonic()
         events = dict(self.poller.poll(self._poll_timeout_ms(now)))
         now = time.monotonic()
-        if self.inbox in events:
-            self._read_inbox(now)
+        # Control first: transforms waiting in their own pipe cannot delay it.
+        if self.control_inbox in events:
+            self._read_inbox(self.control_inbox, CONTROL_BATCH, now)
+        if self.transform_inbox in events:
+            self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now)
         if self.admin_sock in events:
             self._read_admin(now)
         unicasts, broadcasts = self.state.tick(now, len(self.control))
@@ -154,11 +162,11 @@ class ShardWorker:
             self._next_status = now + STATUS_INTERVAL
             self._write_status()
 
-    def _read_inbox(self, now: float) -> None:
-        recv = self.inbox.recv_multipart
+    def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float) -> None:
+        recv = inbox.recv_multipart
         handle = self.state.handle
         unpack = HEADER.unpack
-        for _ in range(INBOX_BATCH):
+        for _ in range(batch):
             try:
                 frames = recv(zmq.NOBLOCK)
             except zmq.Again:

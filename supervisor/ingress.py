@@ -70,22 +70,27 @@ class Ingress:
         self.egress.setsockopt(zmq.LINGER, 0)
         self.egress.setsockopt(zmq.RCVHWM, 0)
         self.egress.bind(self.endpoints.egress)
-        self.shards = []
-        for index in range(cfg.shards):
-            push = ctx.socket(zmq.PUSH)
-            push.setsockopt(zmq.LINGER, 0)
-            # Messages for a restarting shard wait here (bounded) and are
-            # delivered when it is back; beyond the mark they are dropped.
-            push.setsockopt(zmq.SNDHWM, 50_000)
-            push.connect(self.endpoints.shard_inbox(index))
-            self.shards.append(push)
+        # One PUSH per (lane, shard). Messages for a restarting shard wait
+        # here (bounded) and are delivered when it is back; beyond the mark
+        # they are dropped and counted.
+        self.shard_pushes: dict[int, list[zmq.Socket]] = {}
+        for lane, hwm in ((Lane.CONTROL, 50_000), (Lane.TRANSFORM, 10_000)):
+            pushes = []
+            for index in range(cfg.shards):
+                push = ctx.socket(zmq.PUSH)
+                push.setsockopt(zmq.LINGER, 0)
+                push.setsockopt(zmq.SNDHWM, hwm)
+                push.connect(self.endpoints.shard_inbox(index, lane))
+                pushes.append(push)
+            self.shard_pushes[lane] = pushes
         self.poller = zmq.Poller()
         self.poller.register(self.egress, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.transform, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
-        for sock in (self.control, self.transform, self.egress, *self.shards):
+        pushes = [p for lane_pushes in self.shard_pushes.values() for p in lane_pushes]
+        for sock in (self.control, self.transform, self.egress, *pushes):
             sock.close()
         self.ctx.term()
 
@@ -136,7 +141,7 @@ class Ingress:
         """Forward up to ``budget`` messages; True if more may be waiting."""
         recv = sock.recv_multipart
         route = self.router.route
-        shards = self.shards
+        shards = self.shard_pushes[lane]
         pack = HEADER.pack
         received = 0
         try:
