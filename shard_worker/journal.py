@@ -3,7 +3,9 @@
 Only what must survive a restart is kept (DESIGN.md, "State that must
 survive"): device-id -> client-number mappings with each room's counter,
 global and client variables with their writer and write sequence, and object
-ownership. Members, poses and timers are ephemeral and never reach this file.
+ownership; and current members with their control identity, so that a shard
+restarted after a crash still reaches its clients (a cold start clears them).
+Poses and timers are ephemeral and never reach this file.
 
 The worker is single-threaded and owns its file alone. Once per loop turn it
 hands the change records its rooms produced to :meth:`SqliteRoomStore.apply`
@@ -20,6 +22,8 @@ Change records are plain tuples (see ``shard_worker/room.py``)::
     ("client_var_del", room_id, device_id, name_or_None)
     ("object", room_id, object_id, owner_client_no)
     ("room_delete", room_id)
+    ("member", room_id, device_id, control_identity_or_None, stealth)
+    ("member_remove", room_id, device_id)
 """
 
 from __future__ import annotations
@@ -103,6 +107,18 @@ CREATE TABLE objects (
     owner     INTEGER NOT NULL,
     PRIMARY KEY (room_id, object_id)
 ) WITHOUT ROWID;
+
+-- Current members with their control identity (an ingress routing id), so a
+-- shard restarted after a crash can still address its clients. Identities
+-- die with the ingress's connections, so a cold start clears this table.
+CREATE TABLE members (
+    room_id          TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
+    control_identity BLOB,
+    stealth          INTEGER NOT NULL,
+    member_seq       INTEGER NOT NULL,
+    PRIMARY KEY (room_id, device_id)
+) WITHOUT ROWID;
 """
 
 # --- statements used by apply ------------------------------------------------
@@ -147,7 +163,15 @@ ON CONFLICT (room_id, object_id) DO UPDATE SET owner = excluded.owner
 _DELETE_DEVICE = "DELETE FROM devices WHERE room_id = ? AND device_id = ?"
 _DELETE_DEVICE_VARS = "DELETE FROM client_vars WHERE room_id = ? AND device_id = ?"
 _DELETE_ONE_VAR = "DELETE FROM client_vars WHERE room_id = ? AND device_id = ? AND name = ?"
-_ROOM_TABLES = ("rooms", "devices", "globals", "client_vars", "objects")
+_UPSERT_MEMBER = """
+INSERT INTO members (room_id, device_id, control_identity, stealth, member_seq)
+VALUES (?1, ?2, ?3, ?4,
+        (SELECT COALESCE(MAX(member_seq), 0) + 1 FROM members WHERE room_id = ?1))
+ON CONFLICT (room_id, device_id) DO UPDATE SET
+    control_identity = excluded.control_identity, stealth = excluded.stealth
+"""
+_DELETE_MEMBER = "DELETE FROM members WHERE room_id = ? AND device_id = ?"
+_ROOM_TABLES = ("rooms", "devices", "globals", "client_vars", "objects", "members")
 
 
 class StoreError(Exception):
@@ -174,6 +198,8 @@ class RoomSnapshot:
     client_vars: dict[str, dict[str, tuple[str, int, int]]] = field(default_factory=dict)
     # object_id -> owner client number (0 = unowned), ordered by object id
     objects: dict[int, int] = field(default_factory=dict)
+    # device_id -> (control identity or None, stealth), in member creation order
+    members: dict[str, tuple[bytes | None, bool]] = field(default_factory=dict)
 
 
 Record = tuple
@@ -230,6 +256,16 @@ def _apply_object(db: sqlite3.Connection, records: Sequence[Record]) -> None:
     db.executemany(_TOUCH_ROOM, [(room,) for room in {r[1] for r in records}])
 
 
+def _apply_member(db: sqlite3.Connection, records: Sequence[Record]) -> None:
+    _check_arity("member", records, 5)
+    db.executemany(_UPSERT_MEMBER, [(r[1], r[2], r[3], int(r[4])) for r in records])
+
+
+def _apply_member_remove(db: sqlite3.Connection, records: Sequence[Record]) -> None:
+    _check_arity("member_remove", records, 3)
+    db.executemany(_DELETE_MEMBER, [(r[1], r[2]) for r in records])
+
+
 def _apply_room_delete(db: sqlite3.Connection, records: Sequence[Record]) -> None:
     _check_arity("room_delete", records, 2)
     rooms = [(r[1],) for r in records]
@@ -260,6 +296,8 @@ _HANDLERS: dict[str, Callable[[sqlite3.Connection, Sequence[Record]], None]] = {
     "client_var_del": _apply_client_var_del,
     "object": _apply_object,
     "room_delete": _apply_room_delete,
+    "member": _apply_member,
+    "member_remove": _apply_member_remove,
 }
 
 
@@ -432,9 +470,24 @@ class SqliteRoomStore:
                     key,
                 )
             )
+            for device_id, identity, stealth in db.execute(
+                "SELECT device_id, control_identity, stealth FROM members WHERE room_id = ?"
+                " ORDER BY member_seq",
+                key,
+            ):
+                snap.members[device_id] = (identity, bool(stealth))
         except sqlite3.Error as exc:
             raise StoreError(self.path, f"cannot read room {room_id!r}: {exc}") from exc
         return snap
+
+    def clear_members(self) -> None:
+        """Forget all members: on a cold start no client connection survives."""
+        try:
+            db = self._conn()
+            with db:
+                db.execute("DELETE FROM members")
+        except sqlite3.Error as exc:
+            raise StoreError(self.path, f"cannot clear members: {exc}") from exc
 
     def room_ids(self) -> list[str]:
         """Ids of all rooms with stored state, sorted."""

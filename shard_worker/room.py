@@ -184,6 +184,16 @@ class Room:
             }
         for object_id, owner in snapshot.objects.items():
             self.objects[object_id] = RoomObject(owner=owner)
+        # Members of a crashed shard come back as they were (minus poses,
+        # which clients resend at once); the silent ones time out as usual.
+        for device_id, (identity, stealth) in getattr(snapshot, "members", {}).items():
+            device = self.devices.get(device_id)
+            if device is None:
+                continue
+            self.members[device_id] = Member(device_id, device.client_no, identity, None, now, stealth)
+        if self.members:
+            self.empty_since = None
+            self.mapping_dirty = True
 
     # ------------------------------------------------------------ identity
 
@@ -243,10 +253,16 @@ class Room:
             stealth=bool(stealth),
         )
         self.members[device_id] = member
+        self._journal_member(member)
         self.empty_since = None
         self.mapping_dirty = True
         self.pose_dirty = True
         return member, True
+
+    def _journal_member(self, member: Member) -> None:
+        self.changes.append(
+            ("member", self.room_id, member.device_id, member.control_identity, member.stealth)
+        )
 
     # ----------------------------------------------------------- snapshots
 
@@ -298,6 +314,7 @@ class Room:
         elif member.control_identity != identity:
             had_identity = member.control_identity is not None
             member.control_identity = identity
+            self._journal_member(member)
             out.append((to_client, self.mapping_payload()))
             out.extend((to_client, p) for p in self.full_nv_payloads())
             if not had_identity:
@@ -305,6 +322,7 @@ class Room:
             self.mapping_dirty = True
         if member.stealth != stealth:
             member.stealth = stealth
+            self._journal_member(member)
             self.mapping_dirty = True
             self.pose_dirty = True
         if stealth:
@@ -317,6 +335,7 @@ class Room:
             return None
         if not created and member.control_identity != identity:
             member.control_identity = identity
+            self._journal_member(member)
             self.mapping_dirty = True
         return member
 
@@ -496,6 +515,7 @@ class Room:
                 self.mapping_dirty = True
             if member.stealth != stealth:
                 member.stealth = stealth
+                self._journal_member(member)
                 self.mapping_dirty = True
         member.pose_body = body
         member.pose_time = now
@@ -626,6 +646,7 @@ class Room:
 
     def remove_member(self, device_id: str) -> list[Unicast]:
         member = self.members.pop(device_id)
+        self.changes.append(("member_remove", self.room_id, device_id))
         # The pose body leaves with the member (never tied to a bare number).
         self.pose_dirty = True
         self.mapping_dirty = True

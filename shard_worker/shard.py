@@ -107,6 +107,8 @@ class ShardState:
         room.changes = self.changes
         if snapshot is not None:
             room.restore(snapshot, now)
+            if room.mapping_dirty:
+                self._timer_rooms.add(room_id)
         self.rooms[room_id] = room
         return room
 

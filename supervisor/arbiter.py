@@ -72,6 +72,7 @@ class Arbiter:
         self.exit_code = 0
         self.started_wall = time.time()
         self.extra_children: list[tuple[str, Callable[..., None], tuple]] = []
+        self.metrics_server: Any = None
 
     # ------------------------------------------------------------ signals
 
@@ -139,11 +140,15 @@ class Arbiter:
         specs: list[tuple[str, Callable[..., None], tuple]] = [("proxy", run_proxy, (cfg, run_dir))]
         specs += [(f"shard-{k}", run_shard, (cfg, k, run_dir)) for k in range(self.config.shards)]
         specs.append(("ingress", run_ingress, (cfg, run_dir)))
+        from supervisor.frontdesk import run_frontdesk
+
+        specs.append(("rest", run_frontdesk, (cfg, run_dir)))
         specs += self.extra_children
         return specs
 
     def spawn(self, child: Child) -> None:
-        child.heartbeat.value = time.monotonic()
+        # 0 = not ready yet: a child sets its heartbeat only once its sockets are bound.
+        child.heartbeat.value = 0.0
         process = SPAWN.Process(
             target=child.target, args=(*child.args, child.heartbeat), name=child.name, daemon=False
         )
@@ -174,9 +179,12 @@ class Arbiter:
         )
 
     def check_heartbeat(self, child: Child, now: float) -> None:
-        silent_for = now - child.heartbeat.value
-        if now - child.started_at < STARTUP_GRACE and silent_for < STARTUP_GRACE:
-            return
+        if child.heartbeat.value == 0.0:
+            silent_for = now - child.started_at
+            if silent_for < STARTUP_GRACE:
+                return
+        else:
+            silent_for = now - child.heartbeat.value
         if silent_for > self.config.heartbeat_timeout:
             log.error("%s (pid %d) silent for %.1fs: killing", child.name, child.process.pid, silent_for)
             try:
@@ -244,11 +252,18 @@ class Arbiter:
         self.init_signals()
         write_status(pointer_path(self.config.control_port), {"run_dir": self.run_dir, "pid": os.getpid()})
         log.info("supervisor %d: run dir %s, %d shards", os.getpid(), self.run_dir, self.config.shards)
+        if not self.preflight():
+            self.remove_pointer()
+            return 1
         for name, target, args in self.child_specs():
             self.children[name] = Child(name, target, args, SPAWN.RawValue("d", 0.0))
             self.spawn(self.children[name])
+        self.start_metrics()
         next_state = 0.0
         try:
+            if not self.wait_until_started():
+                self.exit_code = 1
+                self.stopping = True
             while not self.stopping:
                 while self.sig_queue and not self.stopping:
                     sig = self.sig_queue.pop(0)
@@ -266,6 +281,62 @@ class Arbiter:
         finally:
             self.remove_pointer()
         return self.exit_code
+
+    def preflight(self) -> bool:
+        """Refuse to start on a data dir we cannot read: never a silent empty state."""
+        if not self.config.data_dir:
+            return True
+        from shard_worker.journal import StoreError, open_store
+
+        for shard in range(self.config.shards):
+            try:
+                store = open_store(self.config.data_dir, shard)
+                # Cold start: no client connection of an earlier run survives.
+                store.clear_members()
+                store.close()
+            except StoreError as exc:
+                log.error("cannot start: %s", exc)
+                print(f"relayctl: cannot start: {exc}", file=sys.stderr)
+                return False
+        return True
+
+    def wait_until_started(self) -> bool:
+        """Every child must bind its sockets; a child dying now aborts the start.
+
+        A port that cannot be bound is a configuration error, not something a
+        restart loop can fix (BEHAVIOR §13: start-up fails with status 1).
+        """
+        deadline = time.monotonic() + STARTUP_GRACE
+        while time.monotonic() < deadline:
+            if self.sig_queue:
+                return True  # let the main loop handle a stop request
+            failed = [c for c in self.children.values() if c.process is not None and not c.process.is_alive()]
+            if failed:
+                for child in failed:
+                    log.error(
+                        "%s failed to start (exit code %s): see its log lines above",
+                        child.name, child.process.exitcode,
+                    )
+                return False
+            if all(c.heartbeat.value > 0.0 for c in self.children.values()):
+                log.info("relay ready: %d children started", len(self.children))
+                return True
+            self.sleep(0.05)
+        log.error("children not ready after %.0fs: %s", STARTUP_GRACE,
+                  [c.name for c in self.children.values() if c.heartbeat.value == 0.0])
+        return False
+
+    def start_metrics(self) -> None:
+        """Prometheus endpoint; a port that cannot be bound must not take clients down."""
+        if not self.config.metrics_port:
+            return
+        from supervisor.metrics_server import start_metrics_server
+
+        try:
+            self.metrics_server = start_metrics_server(self.config.metrics_port, self.config.host, self.run_dir)
+        except OSError as exc:
+            log.error("metrics endpoint disabled: cannot bind %s:%d: %s",
+                      self.config.host, self.config.metrics_port, exc)
 
     def remove_pointer(self) -> None:
         path = pointer_path(self.config.control_port)
@@ -303,6 +374,9 @@ class Arbiter:
         self._stop_children([n for n in names if n.startswith("shard-") or n not in ("proxy", "ingress")], 2.5)
         self._stop_children(["proxy"], 0.5)
         self.write_state()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+            self.metrics_server = None
         log.info("stopped in %.2fs", time.monotonic() - started)
 
     def _force_exit(self) -> None:

@@ -186,6 +186,12 @@ class RelayNode:
 
         wait_for(ready, timeout, interval=0.1, what="relay readiness")
 
+        def all_children_listed() -> bool:
+            children = (self.supervisor_state() or {}).get("children", {})
+            return bool(children) and all(c.get("alive") for c in children.values())
+
+        wait_for(all_children_listed, timeout, interval=0.05, what="supervisor state")
+
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.proc is None:
             return None
