@@ -13,7 +13,15 @@ import pytest
 
 from relay.hashing import shard_for_room
 from shard_worker.journal import shard_store_path
-from tests.support import RELAYCTL, REPO, RawClient, RelayNode, reference_clients, send_pose, wait_for
+from tests.support import (
+    RELAYCTL,
+    REPO,
+    RawClient,
+    RelayNode,
+    reference_clients,
+    send_pose,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from relay.protocol.messages import GlobalVarSet, GlobalVarSync, Rpc, RoomPose
+from relay.protocol.messages import GlobalVarSet, GlobalVarSync, RoomPose, Rpc
 from tests.support import REPO, RawClient, RelayNode, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

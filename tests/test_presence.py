@@ -113,7 +113,7 @@ def test_forty_rooms_over_both_shards_work_concurrently(node: RelayNode) -> None
         for a, b in pairs:
             a.hello()
             b.hello()
-        for a, b in pairs:
+        for a, _b in pairs:
             assert a.recv_control_until(lambda m: isinstance(m, DeviceIdMapping), 5)
         for seq in range(3):
             for i, (a, b) in enumerate(pairs):
