@@ -73,21 +73,89 @@ def collect_status(run_dir: str) -> dict[str, Any] | None:
     return state
 
 
-def print_status_table(state: dict[str, Any]) -> None:
-    print(f"supervisor pid {state['supervisor_pid']}  running={state['running']}  run dir {state['run_dir']}")
-    ports = state["ports"]
-    print("ports: " + "  ".join(f"{k}={v}" for k, v in ports.items() if v))
-    header = f"{'child':<10} {'pid':>8} {'uptime':>9} {'restarts':>8} {'rooms':>6} {'clients':>8} {'ctrl q':>7} {'ctrl hw':>8}"
-    print(header)
-    print("-" * len(header))
-    for name, child in state["children"].items():
-        st = child.get("status", {})
-        pid = child["pid"] or "-"
-        print(
-            f"{name:<10} {pid!s:>8} {child['uptime_s']:>8.1f}s {child['restarts']:>8} "
-            f"{st.get('rooms', ''):>6} {st.get('clients', ''):>8} "
-            f"{st.get('ctrl_queue_depth', ''):>7} {st.get('ctrl_queue_high_water', ''):>8}"
+def _fmt_uptime(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d{hours % 24:02d}h"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    """Left-aligned first column, right-aligned numbers; widths from the data."""
+    cells = [[str(c) for c in row] for row in [headers, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        parts = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        lines.append("  ".join(parts).rstrip())
+    return lines
+
+
+def format_status_table(state: dict[str, Any]) -> str:
+    """Human view of collect_status(): children, then shards, then the ingress."""
+    lines = [
+        f"supervisor pid {state['supervisor_pid']} ({'running' if state['running'] else 'NOT running'}), "
+        f"{state.get('shards', '?')} shards, run dir {state['run_dir']}",
+        "ports: " + "  ".join(f"{k}={v}" for k, v in state.get("ports", {}).items() if v),
+        "",
+    ]
+    children = state.get("children", {})
+    rows = []
+    for name, child in children.items():
+        last_exit = child.get("last_exit")
+        rows.append([
+            name,
+            child.get("pid") or "-",
+            "up" if child.get("alive") else "DOWN",
+            _fmt_uptime(child.get("uptime_s") or 0) if child.get("alive") else "-",
+            child.get("restarts", 0),
+            "-" if last_exit is None else last_exit,
+        ])
+    lines += _table(["CHILD", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"], rows)
+
+    shard_rows = []
+    totals = [0] * 8
+    for name, child in children.items():
+        if not name.startswith("shard-"):
+            continue
+        st = child.get("status") or {}
+        if not st:
+            shard_rows.append([name.removeprefix("shard-")] + ["?"] * 8)
+            continue
+        values = [
+            st.get("rooms", 0), st.get("clients", 0), st.get("visible", 0), st.get("stealth", 0),
+            st.get("ctrl_queue_depth", 0), st.get("ctrl_queue_high_water", 0),
+            st.get("pending_broadcasts", 0), sum((st.get("drops") or {}).values()),
+        ]
+        shard_rows.append([name.removeprefix("shard-"), *values])
+        totals = [t + v for t, v in zip(totals, values, strict=True)]
+        # High water: the worst shard matters, a sum of maxima means nothing.
+        totals[5] = max(totals[5] - values[5], values[5])
+    if shard_rows:
+        lines.append("")
+        lines += _table(
+            ["SHARD", "ROOMS", "CLIENTS", "VISIBLE", "STEALTH", "CTRL Q", "CTRL HW", "PENDING TX", "DROPS"],
+            [*shard_rows, ["total", *totals]],
         )
+    ingress = (children.get("ingress") or {}).get("status") or {}
+    if ingress:
+        counts = ingress.get("counts") or {}
+        lines += [
+            "",
+            f"ingress: received control {counts.get('received_control', 0)}, "
+            f"transform {counts.get('received_transform', 0)}; unicast sent {counts.get('unicast_sent', 0)}; "
+            f"retry queue {ingress.get('retry_queued', 0)} ({ingress.get('retry_recipients', 0)} recipients); "
+            f"drops {sum((ingress.get('drops') or {}).values())}",
+        ]
+    return "\n".join(lines)
+
+
+def print_status_table(state: dict[str, Any]) -> None:
+    print(format_status_table(state))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -134,6 +202,11 @@ def cmd_start(args: argparse.Namespace) -> int:
         print("invalid configuration:\n" + str(exc), file=sys.stderr)
         return 2
     setup_logging("supervisor", config.log_level_console, config.log_json_console, config.log_dir)
+    for key in ("log_rotation", "log_retention"):
+        if getattr(config, key):
+            # Accepted for launch-script compatibility, but these are loguru
+            # rule strings; the relay's files rotate by size (10 MB x 20).
+            log.warning("%s=%r accepted but not interpreted: files rotate at 10 MB, 20 kept", key, getattr(config, key))
     from supervisor.arbiter import main_start
 
     return main_start(config)
