@@ -118,6 +118,10 @@ class RelayConfig:
     rest_request_timeout: float = 2.0
     rest_max_body_bytes: int = 65536
     object_idle_broadcast_interval: float = 2.0
+    # Bounds against unbounded growth (W13): a flood of new room ids or object
+    # ids is refused and counted instead of eating memory.
+    max_rooms_per_shard: int = 10_000
+    max_objects_per_room: int = 10_000
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field (all values are scalars)."""
@@ -414,6 +418,8 @@ _POSITIVE_INT_KEYS = (
     "ctrl_queue_max",
     "ctrl_backlog_watermark",
     "rest_max_body_bytes",
+    "max_rooms_per_shard",
+    "max_objects_per_room",
 )
 # Upper bounds imposed by wire field widths (PROTOCOL §5, §6): a larger
 # limit would admit values the codec cannot encode.

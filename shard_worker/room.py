@@ -66,6 +66,7 @@ class RoomSettings:
     max_var_value_length: int = 1024
     nv_monitor_window_size: float = 1.0
     nv_monitor_threshold: int = 200
+    max_objects_per_room: int = 10_000
     server_version: tuple[int, int, int] = (0, 17, 5)
 
     @classmethod
@@ -131,6 +132,7 @@ class RoomCounters:
     nv_writes_applied: int = 0
     rpc_fanout: int = 0
     object_poses_refused: int = 0
+    objects_refused: int = 0
 
 
 class Room:
@@ -477,6 +479,8 @@ class Room:
             return []
         obj = self.objects.get(object_id)
         if obj is None:
+            if self._object_limit_reached():
+                return []
             obj = self.objects[object_id] = RoomObject()
             self.changes.append(("object", self.room_id, object_id, 0))
         if operation == OWNERSHIP_OP_REQUEST:
@@ -487,6 +491,13 @@ class Room:
             payload = encode(OwnershipRejected(object_id, obj.owner, OWNERSHIP_REJECT_NOT_OWNER))
             return [((identity,), payload)]
         return []
+
+    def _object_limit_reached(self) -> bool:
+        if len(self.objects) < self.settings.max_objects_per_room:
+            return False
+        self.counters.objects_refused += 1
+        log.warning("room %r: object limit (%d) reached", self.room_id, self.settings.max_objects_per_room)
+        return True
 
     def _set_owner(self, object_id: int, obj: RoomObject, new_owner: int) -> list[Unicast]:
         previous = obj.owner
@@ -533,6 +544,8 @@ class Room:
         out: list[Unicast] = []
         obj = self.objects.get(object_id)
         if obj is None:
+            if self._object_limit_reached():
+                return []
             obj = self.objects[object_id] = RoomObject()
             out = self._set_owner(object_id, obj, member.client_no)
         elif obj.owner != member.client_no:

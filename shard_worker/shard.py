@@ -70,6 +70,7 @@ class ShardState:
         ctrl_backlog_watermark: int = 5000,
         transform_min_rate_hz: float = 1.0,
         max_virtuals: int = 50,
+        max_rooms: int = 10_000,
         now: float | None = None,
     ) -> None:
         now = time.monotonic() if now is None else now
@@ -84,6 +85,7 @@ class ShardState:
         self.ctrl_backlog_watermark = ctrl_backlog_watermark
         self.min_pose_interval = 1.0 / transform_min_rate_hz if transform_min_rate_hz > 0 else 1e18
         self.max_virtuals = max_virtuals
+        self.max_rooms = max_rooms
         self.broadcast_interval = 1.0 / settings.transform_broadcast_rate
         self._timer_rooms: set[str] = set()
         self._next_broadcast = now
@@ -103,6 +105,8 @@ class ShardState:
         snapshot = self.store.load_room(room_id) if self.store is not None else None
         if snapshot is None and not create:
             return None
+        if len(self.rooms) >= self.max_rooms:
+            raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms already")
         room = Room(room_id, self.settings, now)
         room.changes = self.changes
         if snapshot is not None:
@@ -320,6 +324,8 @@ class ShardState:
                 return {"status": 200, "body": room.rest_get_globals()}, []
         except NvLimitError as exc:
             return {"status": 409, "body": {"detail": str(exc)}}, []
+        except ProtocolError as exc:
+            return {"status": 503, "body": {"detail": f"room refused: {exc}"}}, []
         except (KeyError, TypeError, AttributeError) as exc:
             return {"status": 400, "body": {"detail": f"malformed request: {exc}"}}, []
         return {"status": 400, "body": {"detail": f"unknown op {op!r}"}}, []

@@ -60,6 +60,7 @@ class ShardWorker:
             ctrl_backlog_watermark=config.ctrl_backlog_watermark,
             transform_min_rate_hz=config.transform_min_rate_hz,
             max_virtuals=config.max_virtual_transforms,
+            max_rooms=config.max_rooms_per_shard,
             now=now,
         )
         self.control = ControlQueue(config.ctrl_queue_max)
