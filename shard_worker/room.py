@@ -116,6 +116,10 @@ class NvLimitError(ValueError):
     """A REST write that the limits refuse as a whole (HTTP 409)."""
 
 
+class RestValidationError(ValueError):
+    """A REST write with a name or value the wire cannot carry (HTTP 422)."""
+
+
 def truncate_text(text: str, max_chars: int) -> str:
     """The reference's rule: limits count code points, not bytes."""
     return text[:max_chars]
@@ -309,6 +313,9 @@ class Room:
         if member is None:
             return out
         to_client = (identity,)
+        # The most recent hello decides stealth (§7), also in its own reply.
+        stealth_changed = member.stealth != stealth
+        member.stealth = stealth
         if created:
             out.append((to_client, self.mapping_payload()))
             out.extend((to_client, p) for p in self.full_nv_payloads())
@@ -316,14 +323,13 @@ class Room:
         elif member.control_identity != identity:
             had_identity = member.control_identity is not None
             member.control_identity = identity
-            self._journal_member(member)
+            stealth_changed = True  # journals the new identity below
             out.append((to_client, self.mapping_payload()))
             out.extend((to_client, p) for p in self.full_nv_payloads())
             if not had_identity:
                 out.extend((to_client, p) for p in self._object_snapshot())
             self.mapping_dirty = True
-        if member.stealth != stealth:
-            member.stealth = stealth
+        if stealth_changed and not created:
             self._journal_member(member)
             self.mapping_dirty = True
             self.pose_dirty = True
@@ -733,14 +739,30 @@ class Room:
         device = self.devices.get(device_id)
         return device.client_no if device else None
 
+    def _check_rest_variables(self, variables: dict[str, str]) -> None:
+        for name, value in variables.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise RestValidationError("names and values must be strings")
+            if not name or len(name) > self.settings.max_var_name_length or not name_fits_wire(name):
+                raise RestValidationError(
+                    f"variable name must be 1-{self.settings.max_var_name_length} characters"
+                    f" and at most {MAX_STR8_BYTES} UTF-8 bytes: {name[:80]!r}"
+                )
+            if len(value) > self.settings.max_var_value_length:
+                raise RestValidationError(
+                    f"value of {name!r} exceeds {self.settings.max_var_value_length} characters"
+                )
+
     def rest_set_client_vars(self, device_id: str, variables: dict[str, str], now: float) -> tuple[dict, list[Unicast]]:
+        self._check_rest_variables(variables)
         stored = self.client_vars.get(device_id, {})
-        new_names = set(variables) - set(stored)
-        if len(stored) + len(new_names) > self.settings.max_client_vars:
+        client_no = self.rest_client_number(device_id)
+        pending = {n for (no, n) in self.pending_client if no == client_no} if client_no is not None else set()
+        existing = set(stored) | pending
+        if len(existing | set(variables)) > self.settings.max_client_vars:
             raise NvLimitError(
                 f"Too many client variables (> {self.settings.max_client_vars}) for device {device_id}"
             )
-        client_no = self.rest_client_number(device_id)
         changed = False
         for name, value in variables.items():
             if client_no is not None:
@@ -773,8 +795,9 @@ class Room:
         return {"clientNo": client_no, "deletedCount": removed}, out
 
     def rest_set_globals(self, variables: dict[str, str]) -> tuple[dict, list[Unicast]]:
-        new_names = set(variables) - set(self.globals)
-        if len(self.globals) + len(new_names) > self.settings.max_global_vars:
+        self._check_rest_variables(variables)
+        existing = set(self.globals) | set(self.pending_globals)
+        if len(existing | set(variables)) > self.settings.max_global_vars:
             raise NvLimitError(f"Too many global variables (> {self.settings.max_global_vars}) for room")
         changed: list[VarEntry] = []
         for name, value in variables.items():

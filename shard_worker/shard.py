@@ -27,7 +27,7 @@ from relay.protocol.messages import (
     OwnershipRequest,
     Rpc,
 )
-from shard_worker.room import NvLimitError, Room, RoomSettings
+from shard_worker.room import NvLimitError, RestValidationError, Room, RoomSettings
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,10 @@ class ShardState:
             if not device_id:
                 raise ProtocolError("empty_device_id", "object pose without device id")
             self.messages_in["object_pose"] += 1
-            room = self._room(room_id, now)
+            # Only members may move objects, so an unknown room is never created here.
+            room = self._room(room_id, now, create=False)
+            if room is None:
+                raise ProtocolError("not_a_member", "object pose for a room without members")
             return self._tag(room, room.on_object_pose(device_id, object_id, pose_seq, pose_bytes, now))
         decode_client_payload(Lane.TRANSFORM, payload)  # raises the precise reason
         raise ProtocolError("wrong_lane", f"type {msg_type} on the transform lane")
@@ -324,6 +327,8 @@ class ShardState:
                 return {"status": 200, "body": room.rest_get_globals()}, []
         except NvLimitError as exc:
             return {"status": 409, "body": {"detail": str(exc)}}, []
+        except RestValidationError as exc:
+            return {"status": 422, "body": {"detail": str(exc)}}, []
         except ProtocolError as exc:
             return {"status": 503, "body": {"detail": f"room refused: {exc}"}}, []
         except (KeyError, TypeError, AttributeError) as exc:

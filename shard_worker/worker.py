@@ -207,6 +207,9 @@ class ShardWorker:
                 reply, unicasts = self.state.admin(request, now)
             except (orjson.JSONDecodeError, ValueError) as exc:
                 reply, unicasts = {"status": 400, "body": {"detail": f"bad admin request: {exc}"}}, []
+            except Exception:  # one bad request must not take the shard down
+                log.exception("admin request failed: %r", body[:200])
+                reply, unicasts = {"status": 500, "body": {"detail": "internal error in shard"}}, []
             self._enqueue(unicasts, 0)
             # Journal before the reply: a 200 means the write is on disk.
             self._journal()
