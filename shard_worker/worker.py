@@ -204,7 +204,13 @@ class ShardWorker:
                 request = orjson.loads(body)
                 if not isinstance(request, dict):
                     raise ValueError("request is not an object")
-                reply, unicasts = self.state.admin(request, now)
+                deadline = request.get("deadline")
+                if isinstance(deadline, (int, float)) and time.time() > deadline:
+                    # The bridge already answered 503: applying it now would
+                    # make that answer a lie.
+                    reply, unicasts = {"status": 503, "body": {"detail": "request expired in the shard queue"}}, []
+                else:
+                    reply, unicasts = self.state.admin(request, now)
             except (orjson.JSONDecodeError, ValueError) as exc:
                 reply, unicasts = {"status": 400, "body": {"detail": f"bad admin request: {exc}"}}, []
             except Exception:  # one bad request must not take the shard down

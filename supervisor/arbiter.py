@@ -308,7 +308,7 @@ class Arbiter:
         """
         deadline = time.monotonic() + STARTUP_GRACE
         while time.monotonic() < deadline:
-            if self.sig_queue:
+            if any(sig != signal.SIGCHLD for sig in self.sig_queue):
                 return True  # let the main loop handle a stop request
             failed = [c for c in self.children.values() if c.process is not None and not c.process.is_alive()]
             if failed:

@@ -63,11 +63,8 @@ def collect_status(run_dir: str) -> dict[str, Any] | None:
     state = read_status(endpoints.supervisor_file)
     if state is None:
         return None
-    try:
-        os.kill(state["supervisor_pid"], 0)
-        state["running"] = True
-    except (ProcessLookupError, PermissionError, KeyError):
-        state["running"] = False
+    pid = state.get("supervisor_pid")
+    state["running"] = isinstance(pid, int) and not _exited(pid)
     for name, child in state.get("children", {}).items():
         child["status"] = read_status(endpoints.status_file(name)) or {}
     return state
@@ -171,6 +168,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if state["running"] else 1
 
 
+def _exited(pid: int) -> bool:
+    """True once ``pid`` has exited, including as a zombie nobody reaped yet.
+
+    `relayctl stop` is not the node's parent, so it cannot reap it; a parent
+    that is slow to wait() (a test harness, some init systems) would otherwise
+    make a clean exit look like a hang.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return stat[stat.rindex(b")") + 2 :][:1] == b"Z"
+    except (OSError, ValueError):
+        return False
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     run_dir = find_run_dir(args)
     state = read_status(NodeEndpoints(run_dir).supervisor_file) if run_dir else None
@@ -185,9 +203,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _exited(pid):
             print(f"relay (pid {pid}) stopped")
             return 0
         time.sleep(0.05)
