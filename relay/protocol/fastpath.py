@@ -62,10 +62,12 @@ def body_size(flags: int, virtual_count: int) -> int:
     return _VCOUNT_OFFSET[flags] + 1 + 10 * virtual_count
 
 
-def split_client_pose(payload: bytes, max_virtuals: int = MAX_VIRTUALS) -> tuple[str, int, bytes]:
-    """Return (device_id, flags, POSE_BODY bytes) of a MSG_CLIENT_POSE, or raise ProtocolError.
+def _device_header(payload: bytes, expected_type: int, what: str) -> tuple[bytes, str, int]:
+    """Common head of the versioned transform messages: type, version, deviceId.
 
-    An empty device id is structurally valid here; rejecting it is the caller's policy.
+    Returns (payload as bytes, device_id, offset after the device id). Checks
+    run in the same order as codec.decode so both report the same reason for
+    the same payload (the reason is a metrics label).
     """
     if type(payload) is not bytes:
         payload = bytes(payload)  # e.g. a zmq.Frame or memoryview
@@ -73,24 +75,32 @@ def split_client_pose(payload: bytes, max_virtuals: int = MAX_VIRTUALS) -> tuple
     if size < 3:
         if not size:
             raise ProtocolError(E.TRUNCATED, "empty payload")
-        if payload[0] != _CLIENT_POSE:
-            raise ProtocolError(E.UNEXPECTED_TYPE, f"type {payload[0]}, expected 11")
+        if payload[0] != expected_type:
+            raise ProtocolError(E.UNEXPECTED_TYPE, f"type {payload[0]}, expected {expected_type}")
         if size == 2 and payload[1] != PROTOCOL_VERSION:
             raise ProtocolError(E.VERSION, f"protocol version {payload[1]}")
-        raise ProtocolError(E.TRUNCATED, "client pose header")
-    if payload[0] != _CLIENT_POSE:
-        raise ProtocolError(E.UNEXPECTED_TYPE, f"type {payload[0]}, expected 11")
+        raise ProtocolError(E.TRUNCATED, f"{what} header")
+    if payload[0] != expected_type:
+        raise ProtocolError(E.UNEXPECTED_TYPE, f"type {payload[0]}, expected {expected_type}")
     if payload[1] != PROTOCOL_VERSION:
         raise ProtocolError(E.VERSION, f"protocol version {payload[1]}")
     start = 3 + payload[2]
-    # Checks run in the same order as codec.decode so both report the same
-    # reason for the same payload (the reason is a metrics label).
     if size < start:
         raise ProtocolError(E.TRUNCATED, "device id")
     try:
         device_id = payload[3:start].decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ProtocolError(E.BAD_UTF8, str(exc)) from None
+    return payload, device_id, start
+
+
+def split_client_pose(payload: bytes, max_virtuals: int = MAX_VIRTUALS) -> tuple[str, int, bytes]:
+    """Return (device_id, flags, POSE_BODY bytes) of a MSG_CLIENT_POSE, or raise ProtocolError.
+
+    An empty device id is structurally valid here; rejecting it is the caller's policy.
+    """
+    payload, device_id, start = _device_header(payload, _CLIENT_POSE, "client pose")
+    size = len(payload)
     # Body header (4 bytes) must be complete to read flags and encodingFlags.
     if size < start + 4:
         raise ProtocolError(E.TRUNCATED, "pose body header")
@@ -116,29 +126,8 @@ def split_object_pose(payload: bytes) -> tuple[str, int, int, bytes]:
 
     Bytes after the 13 pose bytes are ignored (§6.10).
     """
-    if type(payload) is not bytes:
-        payload = bytes(payload)
-    size = len(payload)
-    if size < 3:
-        if not size:
-            raise ProtocolError(E.TRUNCATED, "empty payload")
-        if payload[0] != _OBJECT_POSE:
-            raise ProtocolError(E.UNEXPECTED_TYPE, f"type {payload[0]}, expected 13")
-        if size == 2 and payload[1] != PROTOCOL_VERSION:
-            raise ProtocolError(E.VERSION, f"protocol version {payload[1]}")
-        raise ProtocolError(E.TRUNCATED, "object pose header")
-    if payload[0] != _OBJECT_POSE:
-        raise ProtocolError(E.UNEXPECTED_TYPE, f"type {payload[0]}, expected 13")
-    if payload[1] != PROTOCOL_VERSION:
-        raise ProtocolError(E.VERSION, f"protocol version {payload[1]}")
-    start = 3 + payload[2]
-    if size < start:
-        raise ProtocolError(E.TRUNCATED, "device id")
-    try:
-        device_id = payload[3:start].decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(E.BAD_UTF8, str(exc)) from None
-    if size < start + 19:
+    payload, device_id, start = _device_header(payload, _OBJECT_POSE, "object pose")
+    if len(payload) < start + 19:
         raise ProtocolError(E.TRUNCATED, "object pose")
     object_id, seq = _OBJ_HEAD.unpack_from(payload, start)
     return device_id, object_id, seq, payload[start + 6 : start + 19]
