@@ -103,7 +103,9 @@ class RelayConfig:
     # Kept out of repr so logging the config never leaks the secret.
     rest_token: str = field(default="", repr=False)
     server_version: str = "0.17.5"
-    transform_budget_bytes_per_sec: int = 20_000_000  # per shard; 0 = unlimited
+    # Per shard; 0 = unlimited. Cost = room pose bytes x room members, so this
+    # is the fan-out bandwidth one shard may put on the wire (~480 Mbit/s).
+    transform_budget_bytes_per_sec: int = 60_000_000
     ctrl_drain_batch: int = 256
     ctrl_queue_max: int = 100_000
     ctrl_backlog_watermark: int = 5_000

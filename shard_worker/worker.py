@@ -20,7 +20,7 @@ import zmq
 
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
-from relay.frames import HEADER, HEADER_SIZE, unicast_frames
+from relay.frames import BatchError, iter_batch, unicast_frames
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
@@ -32,8 +32,9 @@ from shard_worker.shard import ShardState
 log = logging.getLogger("relay.shard")
 
 CONTROL_BATCH = 2000
-# Small enough that control waiting behind a transform batch waits ~ms, not tens.
-TRANSFORM_BATCH = 500
+# Small enough that control waiting behind a transform batch waits ~ms, not tens
+# (read in whole ingress batches of at most 128 messages).
+TRANSFORM_BATCH = 384
 ADMIN_BATCH = 64
 STATUS_INTERVAL = 1.0
 
@@ -164,21 +165,23 @@ class ShardWorker:
             self._write_status()
 
     def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float) -> None:
-        recv = inbox.recv_multipart
+        """Handle up to ``batch`` messages (whole ingress batches) from one lane."""
+        recv = inbox.recv
         handle = self.state.handle
-        unpack = HEADER.unpack
-        for _ in range(batch):
+        handled = 0
+        while handled < batch:
             try:
-                frames = recv(zmq.NOBLOCK)
+                frame = recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if len(frames) != 4 or len(frames[0]) != HEADER_SIZE:
-                self.state.drops.drop("internal_frame", f"{len(frames)} frames from ingress")
-                continue
-            lane, _origin, recv_ns = unpack(frames[0])
-            out = handle(lane, frames[1], frames[2], frames[3], now)
-            if out:
-                self._enqueue(out, recv_ns)
+            try:
+                for lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
+                    handled += 1
+                    out = handle(lane, identity, room, payload, now)
+                    if out:
+                        self._enqueue(out, recv_ns)
+            except BatchError as exc:
+                self.state.drops.drop("internal_frame", f"bad batch from ingress: {exc}")
 
     def _enqueue(self, unicasts: list, recv_ns: int) -> None:
         push = self.control.push

@@ -22,7 +22,7 @@ import zmq
 
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, tcp_bind
-from relay.frames import HEADER, HEADER_SIZE, LOCAL_NODE
+from relay.frames import HEADER, HEADER_SIZE, BatchBuilder
 from relay.hashing import ShardRouter
 from relay.histogram import LatencyHistogram
 from relay.logs import setup_logging
@@ -34,6 +34,9 @@ log = logging.getLogger("relay.ingress")
 BATCH = 1000
 TRANSFORM_BATCH_WHEN_CONTROL_BUSY = 100
 MAX_ROOM_BYTES = 255
+# Messages per ingress->shard batch: bounds how much transform work a shard
+# takes in one read, so control waiting in its own pipe is read soon after.
+MAX_BATCH = 128
 RETRY_PER_RECIPIENT = 1024
 RETRY_TOTAL = 100_000
 STATUS_INTERVAL = 1.0
@@ -83,6 +86,9 @@ class Ingress:
                 push.connect(self.endpoints.shard_inbox(index, lane))
                 pushes.append(push)
             self.shard_pushes[lane] = pushes
+        self.batches = {
+            lane: [BatchBuilder(lane) for _ in range(cfg.shards)] for lane in (Lane.CONTROL, Lane.TRANSFORM)
+        }
         self.poller = zmq.Poller()
         self.poller.register(self.egress, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
@@ -138,18 +144,20 @@ class Ingress:
             log.info("ingress stopped")
 
     def _pump_inbound(self, sock: zmq.Socket, lane: int, budget: int) -> bool:
-        """Forward up to ``budget`` messages; True if more may be waiting."""
+        """Forward up to ``budget`` messages, batched per shard; True if more may wait."""
         recv = sock.recv_multipart
         route = self.router.route
-        shards = self.shard_pushes[lane]
-        pack = HEADER.pack
+        batches = self.batches[lane]
+        now_ns = time.monotonic_ns
         received = 0
+        more = True
         try:
             while received < budget:
                 try:
                     frames = recv(zmq.NOBLOCK)
                 except zmq.Again:
-                    return False
+                    more = False
+                    break
                 received += 1
                 if len(frames) != 3:
                     self._drop("frame_count", f"{len(frames)} frames on lane {lane}")
@@ -158,16 +166,31 @@ class Ingress:
                 if len(room) > MAX_ROOM_BYTES:
                     self._drop("room_too_long", f"room id of {len(room)} bytes")
                     continue
-                try:
-                    shards[route(room)].send_multipart(
-                        [pack(lane, LOCAL_NODE, time.monotonic_ns()), identity, room, payload],
-                        zmq.NOBLOCK,
-                    )
-                except zmq.Again:
-                    self._drop("shard_queue_full", f"shard for room {room[:64]!r} not keeping up")
-            return True
+                if len(identity) > 255:
+                    self._drop("internal_frame", "routing id over 255 bytes")
+                    continue
+                shard = route(room)
+                batch = batches[shard]
+                batch.add(now_ns(), identity, room, payload)
+                if batch.count >= MAX_BATCH:
+                    self._send_batch(lane, shard, batch)
         finally:
+            self._flush_batches(lane)
             self.counts["received_control" if lane == Lane.CONTROL else "received_transform"] += received
+        return more
+
+    def _flush_batches(self, lane: int) -> None:
+        for shard, batch in enumerate(self.batches[lane]):
+            if batch.count:
+                self._send_batch(lane, shard, batch)
+
+    def _send_batch(self, lane: int, shard: int, batch: BatchBuilder) -> None:
+        count = batch.count
+        try:
+            self.shard_pushes[lane][shard].send(batch.take(), zmq.NOBLOCK)
+        except zmq.Again:
+            self.drops["shard_queue_full"] += count - 1
+            self._drop("shard_queue_full", f"shard-{shard} not keeping up ({count} messages)")
 
     def _pump_egress(self) -> None:
         recv = self.egress.recv_multipart

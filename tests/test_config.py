@@ -62,7 +62,7 @@ def test_defaults_match_reference_and_brief() -> None:
     assert c.server_version == "0.17.5"
     assert c.host == "0.0.0.0" and c.rest_host == "127.0.0.1"
     assert c.metrics_port == 9100
-    assert c.transform_budget_bytes_per_sec == 20_000_000
+    assert c.transform_budget_bytes_per_sec == 60_000_000
     assert 1 <= c.shards <= 64
     assert c == RelayConfig()
 
