@@ -260,6 +260,7 @@ class Arbiter:
             self.spawn(self.children[name])
         self.start_metrics()
         next_state = 0.0
+        next_status_log = time.monotonic() + self.config.status_log_interval
         try:
             if not self.wait_until_started():
                 self.exit_code = 1
@@ -274,6 +275,9 @@ class Arbiter:
                 if time.monotonic() >= next_state:
                     next_state = time.monotonic() + 0.5
                     self.write_state()
+                if time.monotonic() >= next_status_log:
+                    next_status_log = time.monotonic() + self.config.status_log_interval
+                    self.log_status_line()
                 self.sleep(0.1)
             self.shutdown()
         except SystemExit as exc:
@@ -281,6 +285,20 @@ class Arbiter:
         finally:
             self.remove_pointer()
         return self.exit_code
+
+    def log_status_line(self) -> None:
+        """One line with the node's totals, as the reference logs periodically."""
+        totals = {"rooms": 0, "visible": 0, "stealth": 0, "devices": 0, "ctrl_queue_depth": 0}
+        for shard in range(self.config.shards):
+            status = read_status(self.endpoints.status_file(f"shard-{shard}")) or {}
+            for key in totals:
+                totals[key] += int(status.get(key, 0))
+        restarts = sum(c.restarts for c in self.children.values())
+        log.info(
+            "status: rooms=%d visible=%d stealth=%d tracked_devices=%d ctrl_queue=%d restarts=%d",
+            totals["rooms"], totals["visible"], totals["stealth"], totals["devices"],
+            totals["ctrl_queue_depth"], restarts,
+        )
 
     def preflight(self) -> bool:
         """Refuse to start on a data dir we cannot read: never a silent empty state."""

@@ -234,3 +234,32 @@ def test_mass_join_costs_linear_bytes_per_join(node: RelayNode) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_w11_name_of_64_four_byte_characters_is_refused_and_room_keeps_syncing(node: RelayNode) -> None:
+    """The reference stores such a name and then fails every later sync (W11)."""
+    import httpx
+
+    room = "w11-room"
+    member = RawClient(node, room, "w11-member", subscribe=False)
+    try:
+        number = member.join()
+        base = f"http://127.0.0.1:{node.rest_port}/v1/rooms/{room}"
+        bad = "\U0001f600" * 64  # 64 characters, 256 UTF-8 bytes: cannot be a str8
+        for url in (f"{base}/global-variables", f"{base}/devices/w11-member/client-variables"):
+            response = httpx.post(url, json={"variables": {bad: "x"}}, timeout=5)
+            assert response.status_code == 422, response.text
+            assert "bytes" in response.text
+        member.send_control(GlobalVarSet(0, "w11-member", "still", "works"))
+        sync = member.recv_control_until(lambda m: isinstance(m, GlobalVarSync), 3)
+        assert sync is not None and sync.variables == (VarEntry("still", "works", number),)
+        joiner = RawClient(node, room, "w11-joiner", subscribe=False)
+        try:
+            joiner.hello()
+            got = [joiner.recv_control(2) for _ in range(3)]
+            kinds = [type(m).__name__ for m in got]
+            assert kinds == ["DeviceIdMapping", "GlobalVarSync", "ClientVarSync"], kinds
+        finally:
+            joiner.close()
+    finally:
+        member.close()

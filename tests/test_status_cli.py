@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.support import RELAYCTL, REPO, RelayNode, wait_for
+from tests.support import RELAYCTL, REPO, RawClient, RelayNode, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -119,3 +119,21 @@ def test_status_without_a_node_fails_clearly(tmp_path: Any) -> None:
     assert "no running relay" in result.stderr
     result = relayctl("stop", "--run-dir", str(tmp_path))
     assert result.returncode == 1
+
+
+@pytest.mark.timeout(60)
+def test_periodic_status_log_line(tmp_path) -> None:
+    from tests.support import write_config
+
+    config = write_config(tmp_path, status_log_interval=0.5)
+    with RelayNode(shards=2, extra_args=["--config", config]) as node:
+        client = RawClient(node, "status-line", "status-dev", subscribe=False)
+        try:
+            client.join()
+            import re
+
+            # The readiness probe is a member too, in a room of its own.
+            line = re.compile(r"status: rooms=2 visible=2 stealth=0 tracked_devices=2 ")
+            wait_for(lambda: line.search(node.log_text()), 10, interval=0.2, what="status line with the member")
+        finally:
+            client.close()
