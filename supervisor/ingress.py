@@ -40,6 +40,8 @@ MAX_BATCH = 128
 RETRY_PER_RECIPIENT = 1024
 RETRY_TOTAL = 100_000
 STATUS_INTERVAL = 1.0
+CONTROL_IO_THREAD = 1  # ZMQ_AFFINITY bitmasks
+TRANSFORM_IO_THREAD = 2
 
 
 class Ingress:
@@ -57,10 +59,14 @@ class Ingress:
         self.control_latency = LatencyHistogram()
 
     def _open_sockets(self) -> None:
-        ctx = self.ctx = zmq.Context()
+        # Two I/O threads, one per lane (ZMQ_AFFINITY): the network I/O of the
+        # control lane never queues behind a flood on the transform lane.
+        ctx = self.ctx = zmq.Context(io_threads=2)
         cfg = self.config
         self.control = ctx.socket(zmq.ROUTER)
         self.transform = ctx.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.AFFINITY, CONTROL_IO_THREAD)
+        self.transform.setsockopt(zmq.AFFINITY, TRANSFORM_IO_THREAD)
         for sock in (self.control, self.transform):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.BACKLOG, 512)
@@ -70,6 +76,7 @@ class Ingress:
         self.control.bind(tcp_bind(cfg.host, cfg.control_port))
         self.transform.bind(tcp_bind(cfg.host, cfg.transform_port))
         self.egress = ctx.socket(zmq.PULL)
+        self.egress.setsockopt(zmq.AFFINITY, CONTROL_IO_THREAD)
         self.egress.setsockopt(zmq.LINGER, 0)
         self.egress.setsockopt(zmq.RCVHWM, 0)
         self.egress.bind(self.endpoints.egress)
@@ -81,6 +88,7 @@ class Ingress:
             pushes = []
             for index in range(cfg.shards):
                 push = ctx.socket(zmq.PUSH)
+                push.setsockopt(zmq.AFFINITY, CONTROL_IO_THREAD if lane == Lane.CONTROL else TRANSFORM_IO_THREAD)
                 push.setsockopt(zmq.LINGER, 0)
                 push.setsockopt(zmq.SNDHWM, hwm)
                 push.connect(self.endpoints.shard_inbox(index, lane))
