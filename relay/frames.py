@@ -25,17 +25,6 @@ HEADER = struct.Struct("<BHq")  # lane, origin node id, receive time (monotonic 
 HEADER_SIZE = HEADER.size
 LOCAL_NODE = 0
 
-CONTROL_HEADER_PREFIX = bytes([Lane.CONTROL])
-
-
-def pack_header(lane: int, recv_ns: int, origin: int = LOCAL_NODE) -> bytes:
-    return HEADER.pack(lane, origin, recv_ns)
-
-
-def unpack_header(header: bytes) -> tuple[int, int, int]:
-    """(lane, origin, recv_ns). Raises struct.error on a foreign frame."""
-    return HEADER.unpack(header)
-
 
 # Batch frame: BATCH_HEADER (lane, origin), then per message RECORD
 # (receive time ns, identity length, room length, payload length) followed by

@@ -62,6 +62,10 @@ Shards (``shard`` = shard index):
 - ``relay_transform_refunds_total{shard}``,
   ``relay_transform_skipped_ticks_total{shard}``,
   ``relay_transform_replaced_frames_total{shard}`` counters (shaping).
+- ``relay_room_events_total{shard,event}`` counter: nv_writes_applied,
+  nv_writes_refused (limits, unmapped target, name over 255 bytes),
+  objects_refused (object limit), object_poses_refused (non-members),
+  rpc_fanout (RPC recipients).
 - ``relay_rooms_expired_total{shard}``, ``relay_admin_requests_total{shard}``,
   ``relay_journal_records_total{shard}`` counters.
 - ``relay_nv_sync_latency_seconds`` histogram, summed over shards: network
@@ -191,6 +195,11 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Pending broadcasts replaced by a newer snapshot.", ("shard",),
     ),
     "relay_rooms_expired_total": ("counter", "Empty rooms expired.", ("shard",)),
+    "relay_room_events_total": (
+        "counter",
+        "Room-level events: NV writes applied/refused, objects and object poses refused, RPC recipients.",
+        ("shard", "event"),
+    ),
     "relay_admin_requests_total": ("counter", "REST bridge requests answered.", ("shard",)),
     "relay_journal_records_total": ("counter", "Durable changes journaled.", ("shard",)),
     "relay_nv_sync_latency_seconds": (
@@ -360,6 +369,8 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
         _counter(raw, "relay_messages_sent_total", (shard, "control", type_name(type_id)), count)
     for type_id, count in (st.get("broadcast_out_by_type") or {}).items():
         _counter(raw, "relay_messages_sent_total", (shard, "transform", type_name(type_id)), count)
+    for event, count in (st.get("room_counters") or {}).items():
+        _counter(raw, "relay_room_events_total", (shard, event), count)
     # No shard label: shards share bucket bounds, so the node-wide sum is a
     # valid histogram and keeps the series count independent of --shards.
     _histogram(raw, "relay_nv_sync_latency_seconds", (), st.get("nv_sync_latency"))

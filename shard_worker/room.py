@@ -132,6 +132,9 @@ def name_fits_wire(name: str) -> bool:
 
 @dataclass(slots=True)
 class RoomCounters:
+    """Refusals and work done by rooms; one instance is shared by a shard's
+    rooms so the totals stay monotonic when a room expires."""
+
     nv_writes_refused: int = 0
     nv_writes_applied: int = 0
     rpc_fanout: int = 0

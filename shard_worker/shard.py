@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import asdict
 from typing import Any
 
 from relay.histogram import LatencyHistogram
@@ -27,7 +28,7 @@ from relay.protocol.messages import (
     OwnershipRequest,
     Rpc,
 )
-from shard_worker.room import NvLimitError, RestValidationError, Room, RoomSettings
+from shard_worker.room import NvLimitError, RestValidationError, Room, RoomCounters, RoomSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class ShardState:
         self.skipped_ticks = 0
         self.rooms_expired = 0
         self.nv_latency = LatencyHistogram()
+        self.room_counters = RoomCounters()
 
     # --------------------------------------------------------------- rooms
 
@@ -109,6 +111,7 @@ class ShardState:
             raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms already")
         room = Room(room_id, self.settings, now)
         room.changes = self.changes
+        room.counters = self.room_counters
         if snapshot is not None:
             room.restore(snapshot, now)
             if room.mapping_dirty:
@@ -157,7 +160,8 @@ class ShardState:
             # Only members may move objects, so an unknown room is never created here.
             room = self._room(room_id, now, create=False)
             if room is None:
-                raise ProtocolError("not_a_member", "object pose for a room without members")
+                self.room_counters.object_poses_refused += 1
+                return []
             return self._tag(room, room.on_object_pose(device_id, object_id, pose_seq, pose_bytes, now))
         decode_client_payload(Lane.TRANSFORM, payload)  # raises the precise reason
         raise ProtocolError("wrong_lane", f"type {msg_type} on the transform lane")
@@ -351,4 +355,5 @@ class ShardState:
             "skipped_ticks": self.skipped_ticks,
             "rooms_expired": self.rooms_expired,
             "nv_sync_latency": self.nv_latency.to_dict(),
+            "room_counters": asdict(self.room_counters),
         }

@@ -27,7 +27,6 @@ from relay.protocol import decode, encode
 from relay.protocol.messages import (
     ClientHello,
     DeviceIdMapping,
-    Lane,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -250,9 +249,6 @@ class RawClient:
     def send_control_raw(self, frames: list[bytes]) -> None:
         self.control.send_multipart(frames)
 
-    def send_transform_raw(self, frames: list[bytes]) -> None:
-        self.transform.send_multipart(frames)
-
     def send_transform(self, msg: Any) -> None:
         self.transform.send_multipart([self.room_bytes, encode(msg)])
 
@@ -362,7 +358,3 @@ def send_pose(client: Any, x: float, y: float = 1.5, z: float = 0.0) -> None:
             device_id=client.device_id, head=transform_data(pos_x=x, pos_y=y, pos_z=z)
         )
     )
-
-
-def lane_value(lane: str) -> int:
-    return Lane.CONTROL if lane == "control" else Lane.TRANSFORM

@@ -149,6 +149,7 @@ def test_rpc_counters_move_by_recipients(node: RelayNode) -> None:
         assert page.total("relay_messages_sent_total", type="rpc", lane="control") == expected_out
         # All of them from the shard that owns the room.
         assert page.total("relay_messages_sent_total", type="rpc", shard="0") == expected_out
+        assert page.total("relay_room_events_total", event="rpc_fanout", shard="0") == expected_out
         assert page.total("relay_messages_received_total", type="rpc", lane="control") == (
             broadcast_rpcs + targeted_rpcs
         )

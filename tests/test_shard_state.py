@@ -701,3 +701,21 @@ def test_rest_global_name_over_255_bytes_is_refused() -> None:
     joined = out_msgs(state.handle(CTRL, b"n", b"r", hello("N"), 1.0))
     assert joined and isinstance(joined[0][2], DeviceIdMapping)
     assert 400 <= reply["status"] < 500
+
+
+def test_refused_object_poses_create_no_room_and_are_counted_in_shard_stats() -> None:
+    state = new_state()
+    # Unknown room: nobody there may move objects, and nothing is created (§1).
+    assert state.handle(Lane.TRANSFORM, b"t", b"ghost-room", obj_pose("stranger", 7), 0.0) == []
+    assert "ghost-room" not in state.rooms
+    # Existing room, sender not a member: refused by the room itself.
+    state.handle(Lane.CONTROL, b"c", b"real-room", hello("member"), 0.0)
+    assert state.handle(Lane.TRANSFORM, b"t", b"real-room", obj_pose("stranger", 7), 0.1) == []
+    assert state.rooms["real-room"].objects == {}
+    assert state.stats()["room_counters"]["object_poses_refused"] == 2
+    # The totals are the shard's: they survive the room's expiry.
+    state.rooms["real-room"].members.clear()
+    state.rooms["real-room"].empty_since = 0.0
+    state.tick(1e6)
+    assert "real-room" not in state.rooms
+    assert state.stats()["room_counters"]["object_poses_refused"] == 2
