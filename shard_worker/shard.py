@@ -97,6 +97,9 @@ class ShardState:
         self.rooms_expired = 0
         self.nv_latency = LatencyHistogram()
         self.room_counters = RoomCounters()
+        # Room frame -> validated room id: poses arrive at 10-60 Hz per client
+        # and need not decode the same UTF-8 bytes every time.
+        self._room_names: dict[bytes, str] = {}
 
     # --------------------------------------------------------------- rooms
 
@@ -125,11 +128,16 @@ class ShardState:
         self, lane: int, identity: bytes, room_frame: bytes, payload: bytes, now: float
     ) -> list[UnicastOut]:
         try:
-            room_id = check_room_frame(room_frame)
+            room_id = self._room_names.get(room_frame)
+            if room_id is None:
+                room_id = check_room_frame(room_frame)
+                if len(self._room_names) >= 2 * self.max_rooms:
+                    self._room_names.clear()  # bounded; refills from live traffic
+                self._room_names[room_frame] = room_id
             if lane == Lane.TRANSFORM:
-                return self._handle_transform(identity, room_frame, room_id, payload, now)
+                return self._handle_transform(identity, room_id, payload, now)
             if lane == Lane.CONTROL:
-                return self._handle_control(identity, room_frame, room_id, payload, now)
+                return self._handle_control(identity, room_id, payload, now)
             raise ProtocolError("bad_lane", f"unknown lane {lane}")
         except ProtocolError as exc:
             self.drops.drop(exc.reason, f"{str(exc)} (room {room_frame[:64]!r})")
@@ -140,7 +148,7 @@ class ShardState:
             return []
 
     def _handle_transform(
-        self, identity: bytes, room_frame: bytes, room_id: str, payload: bytes, now: float
+        self, identity: bytes, room_id: str, payload: bytes, now: float
     ) -> list[UnicastOut]:
         msg_type = payload[0] if payload else -1
         if msg_type == _CLIENT_POSE:
@@ -167,7 +175,7 @@ class ShardState:
         raise ProtocolError("wrong_lane", f"type {msg_type} on the transform lane")
 
     def _handle_control(
-        self, identity: bytes, room_frame: bytes, room_id: str, payload: bytes, now: float
+        self, identity: bytes, room_id: str, payload: bytes, now: float
     ) -> list[UnicastOut]:
         msg = decode_client_payload(Lane.CONTROL, payload)
         room = self._room(room_id, now)
