@@ -227,21 +227,22 @@ def headline(result: dict[str, Any]) -> list[str]:
         lines.append(f"{r}/bare bound max clients at SLO: {ratio(r, 'bare')}")
     over = {p["server"]: p for p in result["points"] if p["scenario"] == "overload" and "summary" in p}
 
-    def p99(name: str) -> float | None:
+    def p99(name: str, kind: str) -> float | None:
         p = over.get(name)
-        return None if p is None else p["summary"]["rpc"]["p99"]
+        return None if p is None else p["summary"][kind]["p99"]
 
-    for r in relays:
-        mine = p99(r)
-        for other in ("bare", "reference"):
-            theirs = p99(other)
-            if mine is None or theirs is None:
-                lines.append(f"overload RPC p99 {r} vs {other}: n/a")
-            else:
-                loss = over[other]["summary"]["rpc"]["loss_pct"] or 0.0
-                extra = f" ({other} lost {loss:.1f} % of RPCs)" if loss > 0.5 else ""
+    for kind, label in (("rpc", "RPC"), ("nv", "NV")):
+        for r in relays:
+            mine = p99(r, kind)
+            for other in ("bare", "reference"):
+                theirs = p99(other, kind)
+                if mine is None or theirs is None:
+                    lines.append(f"overload {label} p99 {r} vs {other}: n/a")
+                    continue
+                loss = over[other]["summary"][kind]["loss_pct"] or 0.0
+                extra = f" ({other} lost {loss:.1f} % of {label} updates)" if loss > 0.5 else ""
                 lines.append(
-                    f"overload RPC p99 {r} vs {other}: {mine:.1f} ms vs {theirs:.1f} ms "
+                    f"overload {label} p99 {r} vs {other}: {mine:.1f} ms vs {theirs:.1f} ms "
                     f"(x{mine / theirs:.2f}){extra}"
                 )
     return lines
@@ -325,7 +326,8 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path]) -> str:
     lines = [
         f"# NetSync relay benchmark — {result['started']}",
         "",
-        f"`python -m bench.run{' --quick' if result['plan'] == 'quick' else ''}` "
+        f"`python -m bench.run{' --quick' if result['plan'] == 'quick' else ''}"
+        f"{' --isolate-sessions' if result.get('isolate_sessions') else ''}` "
         f"({result['plan']} plan, {result['wall_s'] / 60:.1f} min). Each point: fresh server, "
         f"{d['warmup_s']:g} s warm-up, {d['duration_s']:g} s measured window, {d['grace_s']:g} s grace "
         "for late receipts. See BENCHMARKS.md for what each column means.",
@@ -340,6 +342,8 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path]) -> str:
         "",
         "Load generator, servers and this runner share the same cores; the load generator's own "
         "CPU is in the table (100 % = one core).",
+        "",
+        f"Scheduling: {result.get('scheduling', 'not recorded')}.",
         "",
         "## Headline",
         "",
@@ -372,9 +376,10 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path]) -> str:
     return "\n".join(lines)
 
 
-def write(result: dict[str, Any], out_dir: Path, quick: bool = False) -> dict[str, Any]:
+def write(result: dict[str, Any], out_dir: Path, suffix: str = "") -> dict[str, Any]:
+    """Write ``<date><suffix>.md/.json/-*.png`` (suffix e.g. "-quick")."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / (time.strftime("%Y-%m-%d") + ("-quick" if quick else ""))
+    stem = out_dir / (time.strftime("%Y-%m-%d") + suffix)
     pngs = _plots(result, stem)
     md = markdown(result, pngs)
     md_path = stem.with_suffix(".md")

@@ -92,7 +92,7 @@ def full_plan() -> Plan:
             ),
         ],
         ramp_rooms=20,
-        ramp_levels=[2, 5, 8, 10, 15, 20, 25, 30, 40, 50, 60, 80],
+        ramp_levels=[2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100],
         ramp_rpc_hz=1.0,
         ramp_nv_hz=0.5,
         budget_s=13.5 * 60,
@@ -145,14 +145,29 @@ def slo(summary: dict[str, Any]) -> tuple[bool, str]:
     return True, "ok"
 
 
+def scheduling_note(isolate_sessions: bool) -> str:
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as fh:
+            autogroup = fh.read().strip() == "1"
+    except OSError:
+        autogroup = False
+    where = (
+        "each server in its own session (setsid)"
+        if isolate_sessions
+        else "servers in the harness's session, own process group"
+    )
+    return f"{where}; kernel autogroup {'on' if autogroup else 'off'}"
+
+
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 class Runner:
-    def __init__(self, plan: Plan, servers: list[ServerKind]) -> None:
+    def __init__(self, plan: Plan, servers: list[ServerKind], isolate_sessions: bool = False) -> None:
         self.plan = plan
         self.servers = servers
+        self.isolate_sessions = isolate_sessions
         self.unavailable: dict[str, str] = {}
         self.points: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
@@ -169,7 +184,11 @@ class Runner:
         if server.kind in self.unavailable:
             rec["error"] = self.unavailable[server.kind]
             return rec
-        sp = ServerProcess(server, extra=sc.relay_extra if server.kind == "relay" else [])
+        sp = ServerProcess(
+            server,
+            extra=sc.relay_extra if server.kind == "relay" else [],
+            isolate_session=self.isolate_sessions,
+        )
         t_point = time.monotonic()
         try:
             sp.start()
@@ -280,6 +299,8 @@ class Runner:
                 "overload_budget": plan.overload_budget,
             },
             "slo": {"rpc_p99_ms": SLO_RPC_P99_MS, "delivery": SLO_DELIVERY},
+            "scheduling": scheduling_note(self.isolate_sessions),
+            "isolate_sessions": self.isolate_sessions,
             "servers": [s.name for s in self.servers],
             "unavailable": self.unavailable,
             "points": self.points,
@@ -297,6 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated subset of: " + ", ".join(s.name for s in SERVERS),
     )
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--isolate-sessions",
+        action="store_true",
+        help="start every server in its own session: with kernel autogroup on, it then "
+        "gets one group's share of the CPU against the load generator's (see bench/servers.py)",
+    )
     a = ap.parse_args(argv)
     wanted = [n.strip() for n in a.servers.split(",") if n.strip()]
     servers = [s for s in SERVERS if s.name in wanted]
@@ -305,11 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = quick_plan() if a.quick else full_plan()
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     _log(f"plan {plan.name}: servers {', '.join(s.name for s in servers)}")
-    result = Runner(plan, servers).run()
+    result = Runner(plan, servers, isolate_sessions=a.isolate_sessions).run()
     result["started"] = started
     result["machine"] = report.machine_info()
-    paths = report.write(result, a.out_dir, quick=a.quick)
-    if not a.quick and a.out_dir.resolve() == RESULTS and report.update_benchmarks_md(
+    suffix = ("-quick" if a.quick else "") + ("-isolated" if a.isolate_sessions else "")
+    paths = report.write(result, a.out_dir, suffix=suffix)
+    if not suffix and a.out_dir.resolve() == RESULTS and report.update_benchmarks_md(
         result, paths["md"]
     ):
         paths["benchmarks_md"] = report.REPO / "BENCHMARKS.md"

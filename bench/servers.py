@@ -1,7 +1,17 @@
 """Servers under test: how to start them, when they are ready, what they cost.
 
-Every server is a real subprocess in its own session (process group) so that
-its whole process tree can be measured with psutil and cleaned up.
+Every server is a real subprocess in its own process group so that its whole
+process tree can be measured with psutil and cleaned up.
+
+Scheduling: by default the server stays in the harness's session, next to the
+load generator. With ``kernel.sched_autogroup_enabled=1`` (the default on most
+desktop and VM kernels) Linux schedules each *session* as one group with an
+equal share; a server started with ``setsid`` then competes as one group
+against the load generator's group, on the same two cores. That models a
+machine shared with a hostile neighbour of equal weight, not a relay host, and
+it penalises pipelines of many short hops (every hand-off waits for the
+group's turn). ``isolate_session=True`` (``bench.run --isolate-sessions``)
+reproduces that condition; BENCHMARKS.md reports what it changes.
 """
 
 from __future__ import annotations
@@ -125,6 +135,7 @@ class ServerProcess:
     server: ServerKind
     extra: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    isolate_session: bool = False
 
     def __post_init__(self) -> None:
         self.ports = free_ports(self.host)
@@ -156,7 +167,8 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=self.isolate_session,
+                process_group=None if self.isolate_session else 0,
             )
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -191,7 +203,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 pass
         if proc is not None:
-            # whatever is left of the session we started (e.g. orphaned children)
+            # whatever is left of the process group we started (e.g. orphaned children)
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
