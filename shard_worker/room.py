@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from relay.config import RelayConfig
 from relay.protocol import encode
 from relay.protocol.fastpath import assemble_room_objects, assemble_room_pose, room_pose_header
 from relay.protocol.messages import (
@@ -47,34 +48,38 @@ MAX_STR8_BYTES = 255
 
 Unicast = tuple[tuple[bytes, ...], bytes]
 
+_DEFAULTS = RelayConfig()
+
 
 @dataclass(frozen=True, slots=True)
 class RoomSettings:
-    """The subset of the relay configuration that room semantics depend on."""
+    """The subset of the relay configuration that room semantics depend on.
 
-    client_timeout: float = 5.0
-    device_id_expiry_time: float = 86400.0
-    empty_room_expiry_time: float = 86400.0
-    transform_broadcast_rate: float = 10.0
-    idle_broadcast_interval: float = 2.0
-    object_idle_broadcast_interval: float = 2.0
-    nv_flush_interval: float = 0.05
-    mapping_throttle_interval: float = 0.5
-    max_global_vars: int = 100
-    max_client_vars: int = 100
-    max_var_name_length: int = 64
-    max_var_value_length: int = 1024
-    nv_monitor_window_size: float = 1.0
-    nv_monitor_threshold: int = 200
-    max_objects_per_room: int = 10_000
-    server_version: tuple[int, int, int] = (0, 17, 5)
+    Defaults are the relay's (one source of truth in ``RelayConfig``); tests
+    override single fields.
+    """
+
+    client_timeout: float = _DEFAULTS.client_timeout
+    device_id_expiry_time: float = _DEFAULTS.device_id_expiry_time
+    empty_room_expiry_time: float = _DEFAULTS.empty_room_expiry_time
+    transform_broadcast_rate: float = _DEFAULTS.transform_broadcast_rate
+    idle_broadcast_interval: float = _DEFAULTS.idle_broadcast_interval
+    object_idle_broadcast_interval: float = _DEFAULTS.object_idle_broadcast_interval
+    nv_flush_interval: float = _DEFAULTS.nv_flush_interval
+    mapping_throttle_interval: float = _DEFAULTS.mapping_throttle_interval
+    max_global_vars: int = _DEFAULTS.max_global_vars
+    max_client_vars: int = _DEFAULTS.max_client_vars
+    max_var_name_length: int = _DEFAULTS.max_var_name_length
+    max_var_value_length: int = _DEFAULTS.max_var_value_length
+    nv_monitor_window_size: float = _DEFAULTS.nv_monitor_window_size
+    nv_monitor_threshold: int = _DEFAULTS.nv_monitor_threshold
+    max_objects_per_room: int = _DEFAULTS.max_objects_per_room
+    server_version: tuple[int, int, int] = _DEFAULTS.server_version_tuple
 
     @classmethod
-    def from_config(cls, config: Any) -> RoomSettings:
-        from relay.config import parse_server_version
-
+    def from_config(cls, config: RelayConfig) -> RoomSettings:
         values = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "server_version"}
-        return cls(server_version=parse_server_version(config.server_version), **values)
+        return cls(server_version=config.server_version_tuple, **values)
 
 
 @dataclass(slots=True)
