@@ -144,9 +144,14 @@ class ShardWorker:
         now = time.monotonic()
         events = dict(self.poller.poll(self._poll_timeout_ms(now)))
         now = time.monotonic()
-        # Control first: transforms waiting in their own pipe cannot delay it.
+        drain_budget = self.config.ctrl_drain_batch
+        # Control first: transforms waiting in their own pipe cannot delay it,
+        # and its answers leave (journaled) before a transform batch is even
+        # looked at, so they never wait for the pose work of this turn.
         if self.control_inbox in events:
             self._read_inbox(self.control_inbox, CONTROL_BATCH, now)
+            self._journal()
+            drain_budget -= self._send_control(drain_budget)
         if self.transform_inbox in events:
             self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now)
         if self.admin_sock in events:
@@ -156,7 +161,7 @@ class ShardWorker:
         for topic, payload, fanout in broadcasts:
             self.pending.put(topic, payload, fanout)
         self._journal()
-        self._send_control()
+        self._send_control(drain_budget)
         self._send_broadcasts(now)
         if self.heartbeat is not None:
             self.heartbeat.value = now
@@ -230,20 +235,22 @@ class ShardWorker:
             self.store.apply(changes)
             self.counters["journal_records"] += len(changes)
 
-    def _send_control(self) -> None:
+    def _send_control(self, budget: int) -> int:
+        """Send up to ``budget`` queued control frames; return how many went out."""
         send = self.egress.send_multipart
         control = self.control
-        for _ in range(self.config.ctrl_drain_batch):
-            if not len(control):
-                return
+        sent = 0
+        while sent < budget and len(control):
             try:
                 send(control.peek(), zmq.NOBLOCK)
             except zmq.Again:
                 self.counters["egress_again"] += 1
-                return
+                break
             frames = control.pop()
+            sent += 1
             self.counters["unicast_frames_sent"] += 1
             self.counters["unicast_recipients"] += len(frames) - 3
+        return sent
 
     def _send_broadcasts(self, now: float) -> None:
         frames = self.pending.frames
@@ -269,7 +276,7 @@ class ShardWorker:
         deadline = time.monotonic() + 2.0
         self._journal()
         while len(self.control) and time.monotonic() < deadline:
-            self._send_control()
+            self._send_control(self.config.ctrl_drain_batch)
             if len(self.control):
                 time.sleep(0.005)
         if len(self.control):
