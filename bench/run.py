@@ -92,7 +92,7 @@ def full_plan() -> Plan:
             ),
         ],
         ramp_rooms=20,
-        ramp_levels=[2, 5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+        ramp_levels=[5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100],
         ramp_rpc_hz=1.0,
         ramp_nv_hz=0.5,
         budget_s=13.5 * 60,
