@@ -17,6 +17,7 @@ The parent talks to the worker through a Pipe whose fd is in the same poller.
 from __future__ import annotations
 
 import math
+import random
 import resource
 import struct
 import time
@@ -109,6 +110,7 @@ class _Worker:
         self.cfg = cfg
         self.index = index
         self.conn = conn
+        self.rng = random.Random(f"{cfg.tag}/{index}")
         cpr = cfg.clients_per_room
         self.clients = [Client(g, g // cpr, cfg.room_id(g // cpr), cfg.device_id(g)) for g in gids]
         seen: set[int] = set()
@@ -304,6 +306,13 @@ class _Worker:
         if counting:
             self.poses_sent_window += sent
 
+    def _probe_gap(self, rate: float) -> float:
+        # Jittered (uniform 0.5-1.5 periods, same mean rate): a probe period
+        # that divides the server's 10 Hz broadcast period would otherwise
+        # sample one fixed phase of it per run, and whether that phase sits on
+        # a room-pose fan-out burst would decide the run's p99.
+        return self.rng.uniform(0.5, 1.5) / rate
+
     def _send_probes(self, now: float, state: dict[int, list[float]]) -> float:
         """Send due probe messages; return the next probe due time."""
         cfg = self.cfg
@@ -321,7 +330,7 @@ class _Worker:
                 )
                 self.rpc_sent.append(((c.gid << 20) | seq, c.room))
                 self.ctl_sent_window += 1
-                times[0] += 1.0 / cfg.rpc_hz
+                times[0] += self._probe_gap(cfg.rpc_hz)
                 self._after_send(c)
             if cfg.nv_hz > 0 and times[1] <= now:
                 seq = int(times[3]) + 1
@@ -333,7 +342,7 @@ class _Worker:
                 )
                 self.nv_writes[c.room] = seq
                 self.ctl_sent_window += 1
-                times[1] += 1.0 / cfg.nv_hz
+                times[1] += self._probe_gap(cfg.nv_hz)
                 self._after_send(c)
             nxt = min(nxt, times[0] if cfg.rpc_hz > 0 else nxt, times[1] if cfg.nv_hz > 0 else nxt)
         return nxt
