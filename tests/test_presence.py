@@ -77,7 +77,14 @@ def test_reference_clients_join_and_see_each_other(node: RelayNode) -> None:
         snap = b.get_room_transform_data()
         assert snap.clients[a.client_no].head.pos_x == pytest.approx(1.0)
         assert snap.clients[b.client_no].head.pos_x == pytest.approx(2.0)
-        assert b.get_device_id_from_client_no(a.client_no) == a.device_id
+        # Mapping broadcasts are throttled (mapping_throttle_interval), so the
+        # room pose may reach b before the mapping that names a does.
+        wait_for(
+            lambda: b.get_device_id_from_client_no(a.client_no) == a.device_id,
+            5,
+            interval=0.05,
+            what="b learns a's device id from a DEVICE_ID_MAPPING",
+        )
 
 
 def test_rooms_never_mix_bodies_even_with_equal_client_numbers(node: RelayNode) -> None:
