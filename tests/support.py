@@ -84,6 +84,16 @@ def wait_for(
         time.sleep(interval)
 
 
+def rest_healthy(port: int, host: str = "127.0.0.1") -> bool:
+    """True when the REST bridge on ``port`` answers its health check."""
+    import httpx
+
+    try:
+        return httpx.get(f"http://{host}:{port}/", timeout=0.5).json() == {"status": "ok"}
+    except httpx.HTTPError:
+        return False
+
+
 @dataclass
 class RelayNode:
     """A `relayctl start` subprocess with its ports and directories."""

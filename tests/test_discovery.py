@@ -18,7 +18,7 @@ from supervisor.discovery import (
     discovery_bind_host,
     discovery_response,
 )
-from tests.support import RelayNode, free_ports, wait_for
+from tests.support import RelayNode, free_ports, rest_healthy, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -308,8 +308,6 @@ def test_node_without_discovery_does_not_answer() -> None:
 
 @pytest.mark.integration
 def test_discovery_bind_failure_is_logged_and_relay_keeps_running() -> None:
-    import httpx
-
     n = RelayNode(shards=1, discovery=True)
     holders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket()]
     try:
@@ -317,21 +315,13 @@ def test_discovery_bind_failure_is_logged_and_relay_keeps_running() -> None:
             sock.bind(("127.0.0.1", n.discovery_port))
         holders[1].listen(1)
         with n:
-            url = f"http://127.0.0.1:{n.rest_port}/"
-
-            def healthy() -> bool:
-                try:
-                    return httpx.get(url, timeout=0.5).json() == {"status": "ok"}
-                except httpx.HTTPError:
-                    return False
-
-            wait_for(healthy, 15, what="REST health")
+            wait_for(lambda: rest_healthy(n.rest_port), 15, what="REST health")
             wait_for(lambda: "discovery" in n.log_text() and "cannot bind" in n.log_text(), 5)
             time.sleep(0.5)
             state = n.supervisor_state()
             assert state is not None
             assert state["children"]["rest"]["restarts"] == 0
-            assert healthy()
+            assert rest_healthy(n.rest_port)
     finally:
         for sock in holders:
             sock.close()

@@ -860,7 +860,7 @@ def test_frontdesk_exits_1_when_rest_port_is_taken(tmp_path: Path) -> None:
 
 
 def test_frontdesk_signals_heartbeat_and_discovery(tmp_path: Path) -> None:
-    from tests.support import free_ports
+    from tests.support import free_ports, rest_healthy
     from tests.test_discovery import udp_probe
 
     rest_port, discovery_port = free_ports(2)
@@ -869,15 +869,7 @@ def test_frontdesk_signals_heartbeat_and_discovery(tmp_path: Path) -> None:
     )
     process, heartbeat = spawn_frontdesk(config, str(tmp_path))
     try:
-        url = f"http://127.0.0.1:{rest_port}/"
-
-        def healthy() -> bool:
-            try:
-                return httpx.get(url, timeout=0.5).json() == {"status": "ok"}
-            except httpx.HTTPError:
-                return False
-
-        wait_for(healthy, 15, interval=0.05, what="REST up")
+        wait_for(lambda: rest_healthy(rest_port), 15, interval=0.05, what="REST up")
         wait_for(lambda: heartbeat.value > 0, 2, what="first heartbeat (= ready)")
         assert wait_for(lambda: udp_probe(discovery_port, b"STYLY-NETSYNC-DISCOVER", 0.2), 5)
         first = heartbeat.value
@@ -885,13 +877,13 @@ def test_frontdesk_signals_heartbeat_and_discovery(tmp_path: Path) -> None:
         assert heartbeat.value > first  # refreshed at least every 0.5 s
         os.kill(process.pid, signal.SIGINT)  # the supervisor orders shutdown, not Ctrl-C
         time.sleep(0.5)
-        assert process.is_alive() and healthy()
+        assert process.is_alive() and rest_healthy(rest_port)
         started = time.monotonic()
         os.kill(process.pid, signal.SIGTERM)
         process.join(5)
         assert process.exitcode == 0
         assert time.monotonic() - started < 3
-        assert not healthy()
+        assert not rest_healthy(rest_port)
     finally:
         if process.is_alive():
             process.kill()
