@@ -124,6 +124,20 @@ class RelayConfig:
     # ids is refused and counted instead of eating memory.
     max_rooms_per_shard: int = 10_000
     max_objects_per_room: int = 10_000
+    # --- cluster ---
+    # "" = SQLite per shard in data_dir (one node, nothing to start);
+    # redis://host:port/db = rooms and membership in a shared Valkey/Redis.
+    store: str = ""
+    # Unique among the live nodes of a cluster; "" = this host's name.
+    node_id: str = ""
+    # Address other nodes reach this node's internal endpoints on.
+    advertise_host: str = "127.0.0.1"
+    # A room's lease outlives a dead owner by at most this; renewed every ttl/3.
+    lease_ttl: float = 4.0
+    # A node that stops refreshing its registration leaves the view after this.
+    membership_ttl: float = 3.0
+    # Change records a shard buffers while the shared store is unreachable.
+    store_buffer_max_records: int = 200_000
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field (all values are scalars)."""
@@ -401,6 +415,8 @@ _POSITIVE_FLOAT_KEYS = (
     "transform_min_rate_hz",
     "device_sweep_interval",
     "mapping_throttle_interval",
+    "lease_ttl",
+    "membership_ttl",
     "heartbeat_interval",
     "heartbeat_timeout",
     "rest_request_timeout",
@@ -419,6 +435,7 @@ _POSITIVE_INT_KEYS = (
     "ctrl_drain_batch",
     "ctrl_queue_max",
     "ctrl_backlog_watermark",
+    "store_buffer_max_records",
     "rest_max_body_bytes",
     "max_rooms_per_shard",
     "max_objects_per_room",
@@ -529,7 +546,22 @@ def _validate(c: RelayConfig) -> list[str]:
     for key in _NON_EMPTY_STR_KEYS:
         if not getattr(c, key).strip():
             errors.append(f"{key} must not be empty")
+    if c.store and c.store.split("://", 1)[0] not in _STORE_SCHEMES:
+        errors.append(
+            f"store must be empty (SQLite in data_dir) or a {'/'.join(_STORE_SCHEMES)} URL, "
+            f"got {c.store!r}"
+        )
+    if c.node_id and not _NODE_ID_RE.match(c.node_id):
+        errors.append(
+            f"node_id must be 1-64 letters, digits, '.', '_' or '-', got {c.node_id!r}"
+        )
+    if math.isfinite(c.lease_ttl) and 0 < c.lease_ttl < 1.0:
+        errors.append(f"lease_ttl must be at least 1 s (renewed every third of it), got {c.lease_ttl}")
     return errors
+
+
+_STORE_SCHEMES = ("redis", "rediss", "valkey", "valkeys", "unix")
+_NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 # ---------------------------------------------------------------------------
@@ -593,6 +625,17 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None, metavar="DIR", help="durable state directory")
     g.add_argument(
         "--metrics-port", type=int, default=None, metavar="PORT", help="0 disables /metrics"
+    )
+    g.add_argument(
+        "--store",
+        default=None,
+        metavar="URL",
+        help="redis://host:port/db: rooms and membership in a shared Valkey/Redis (cluster)",
+    )
+    g.add_argument("--node-id", default=None, metavar="ID", help="this node's id in the cluster")
+    g.add_argument(
+        "--advertise", dest="advertise_host", default=None, metavar="ADDR",
+        help="address other nodes reach this node on",
     )
     g.add_argument("--rest-host", default=None, metavar="ADDR", help="REST bridge bind address")
     g.add_argument("--rest-token", default=None, metavar="TOKEN", help="REST bearer token")

@@ -178,6 +178,9 @@ class Room:
         self._nv_window_start = now
         self._nv_window_count = 0
         self._nv_warned = False
+        # Objects whose pose changed since it was last journaled: written at
+        # most once per objects broadcast, never once per pose message.
+        self._unsaved_poses: set[int] = set()
 
     def restore(self, snapshot: Any, now: float) -> None:
         """Reload durable state journalled by an earlier process (lazy, on first touch).
@@ -198,6 +201,10 @@ class Room:
             }
         for object_id, owner in snapshot.objects.items():
             self.objects[object_id] = RoomObject(owner=owner)
+        for object_id, (pose_bytes, pose_seq) in getattr(snapshot, "object_poses", {}).items():
+            obj = self.objects.setdefault(object_id, RoomObject())
+            obj.pose_bytes, obj.pose_seq, obj.pose_time = pose_bytes, pose_seq, now
+            self.objects_dirty = True
         # Members of a crashed shard come back as they were (minus poses,
         # which clients resend at once); the silent ones time out as usual.
         for device_id, (identity, stealth) in getattr(snapshot, "members", {}).items():
@@ -568,6 +575,7 @@ class Room:
         obj.pose_seq = pose_seq
         obj.pose_time = now
         self.objects_dirty = True
+        self._unsaved_poses.add(object_id)
         return out
 
     # --------------------------------------------------------------- timers
@@ -732,6 +740,11 @@ class Room:
     def build_room_objects(self, now: float) -> bytes | None:
         self.objects_dirty = False
         self.last_objects_broadcast = now
+        for object_id in self._unsaved_poses:
+            obj = self.objects.get(object_id)
+            if obj is not None and obj.pose_bytes is not None:
+                self.changes.append(("object_pose", self.room_id, object_id, obj.pose_bytes, obj.pose_seq))
+        self._unsaved_poses.clear()
         posed = [
             (object_id, obj.owner, obj.pose_seq, obj.pose_time, obj.pose_bytes)
             for object_id, obj in self.objects.items()

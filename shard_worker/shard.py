@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from dataclasses import asdict
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from relay.histogram import LatencyHistogram
@@ -29,6 +29,7 @@ from relay.protocol.messages import (
     Rpc,
 )
 from shard_worker.room import NvLimitError, RestValidationError, Room, RoomCounters, RoomSettings
+from shard_worker.store.base import LeaseBusy, RoomStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,27 @@ class DropLog:
             self._suppressed[reason] += 1
 
 
+# Messages for a room whose lease another shard still holds wait here
+# (bounded per room and per shard, overflow counted) until the lease is
+# released or expires; then they are handled in arrival order.
+HELD_PER_ROOM = 2_000
+HELD_TOTAL = 20_000
+HELD_RETRY_INTERVAL = 0.05
+
+
+@dataclass
+class HeldRoom:
+    since: float
+    retry_at: float
+    messages: deque[tuple[int, bytes, bytes, bytes]] = field(default_factory=deque)
+
+
 class ShardState:
     def __init__(
         self,
         settings: RoomSettings,
         *,
-        store: Any = None,
+        store: RoomStore | None = None,
         cleanup_interval: float = 1.0,
         device_sweep_interval: float = 60.0,
         ctrl_backlog_watermark: int = 5000,
@@ -96,10 +112,17 @@ class ShardState:
         self.skipped_ticks = 0
         self.rooms_expired = 0
         self.nv_latency = LatencyHistogram()
+        self.handover_wait = LatencyHistogram()
         self.room_counters = RoomCounters()
         # Room frame -> validated room id: poses arrive at 10-60 Hz per client
         # and need not decode the same UTF-8 bytes every time.
         self._room_names: dict[bytes, str] = {}
+        self.held: dict[str, HeldRoom] = {}
+        self.held_total = 0
+        # A held room gives up after this long (the old owner's lease must
+        # have expired by then, or that owner is alive and still serving).
+        self.hold_timeout = 10.0
+        self.handovers = Counter()
 
     # --------------------------------------------------------------- rooms
 
@@ -107,11 +130,19 @@ class ShardState:
         room = self.rooms.get(room_id)
         if room is not None:
             return room
-        snapshot = self.store.load_room(room_id) if self.store is not None else None
-        if snapshot is None and not create:
-            return None
         if len(self.rooms) >= self.max_rooms:
             raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms already")
+        snapshot = None
+        if self.store is not None:
+            # Lease first, then load: the state read is the state no other
+            # shard can change any more (LeaseBusy propagates to the caller).
+            self.store.acquire(room_id)
+            snapshot = self.store.load_room(room_id)
+            if snapshot is None and not create:
+                self.store.release([room_id])
+                return None
+        elif not create:
+            return None
         room = Room(room_id, self.settings, now)
         room.changes = self.changes
         room.counters = self.room_counters
@@ -134,6 +165,11 @@ class ShardState:
                 if len(self._room_names) >= 2 * self.max_rooms:
                     self._room_names.clear()  # bounded; refills from live traffic
                 self._room_names[room_frame] = room_id
+            if self.held and room_id in self.held:
+                # Behind the messages already waiting: per-client order holds.
+                self._hold(LeaseBusy(room_id, "the previous owner", 0.0),
+                           lane, identity, room_frame, payload, now)
+                return []
             if lane == Lane.TRANSFORM:
                 return self._handle_transform(identity, room_id, payload, now)
             if lane == Lane.CONTROL:
@@ -141,6 +177,12 @@ class ShardState:
             raise ProtocolError("bad_lane", f"unknown lane {lane}")
         except ProtocolError as exc:
             self.drops.drop(exc.reason, f"{str(exc)} (room {room_frame[:64]!r})")
+            return []
+        except LeaseBusy as exc:
+            self._hold(exc, lane, identity, room_frame, payload, now)
+            return []
+        except StoreUnavailable as exc:
+            self.drops.drop("store_unavailable", f"room {room_frame[:64]!r} not loaded: {exc}")
             return []
         except Exception:  # a bug must cost one message, not the shard
             self.drops.counts["handler_error"] += 1
@@ -211,6 +253,80 @@ class ShardState:
     def _tag(room: Room, unicasts: list) -> list[UnicastOut]:
         rb = room.room_id_bytes
         return [(rb, identities, payload) for identities, payload in unicasts]
+
+    # ------------------------------------------------------------ hand-over
+
+    def _hold(self, busy: LeaseBusy, lane: int, identity: bytes, room_frame: bytes,
+              payload: bytes, now: float) -> None:
+        held = self.held.get(busy.room_id)
+        if held is None:
+            retry_at = now + min(max(busy.retry_after, 0.0), HELD_RETRY_INTERVAL)
+            held = self.held[busy.room_id] = HeldRoom(since=now, retry_at=retry_at)
+            self.handovers["waits"] += 1
+            log.info("room %r: waiting for %s to hand it over", busy.room_id, busy.holder)
+        if len(held.messages) >= HELD_PER_ROOM or self.held_total >= HELD_TOTAL:
+            self.drops.drop("handover_hold_full", f"room {busy.room_id!r}: held messages at their bound")
+            return
+        held.messages.append((lane, identity, room_frame, payload))
+        self.held_total += 1
+
+    def retry_held(self, now: float) -> list[UnicastOut]:
+        """Handle the held messages of rooms whose lease can now be taken."""
+        out: list[UnicastOut] = []
+        for room_id, held in list(self.held.items()):
+            if now < held.retry_at:
+                continue
+            try:
+                self._room(room_id, now)
+            except LeaseBusy as busy:
+                if now - held.since < self.hold_timeout:
+                    held.retry_at = now + HELD_RETRY_INTERVAL
+                    continue
+                self.drops.counts["handover_timeout"] += len(held.messages)
+                log.error("room %r: %s kept its lease for %.1fs; %d held messages dropped",
+                          room_id, busy.holder, now - held.since, len(held.messages))
+            except (StoreUnavailable, ProtocolError) as exc:
+                self.drops.counts["handover_failed"] += len(held.messages)
+                log.error("room %r: cannot load after hand-over: %s", room_id, exc)
+            else:
+                self.handovers["loaded_after_wait"] += 1
+                self.handover_wait.observe(now - held.since)
+            del self.held[room_id]
+            self.held_total -= len(held.messages)
+            if room_id not in self.rooms:
+                continue
+            for lane, identity, room_frame, payload in held.messages:
+                out.extend(self.handle(lane, identity, room_frame, payload, now))
+        return out
+
+    def next_held_retry(self) -> float | None:
+        return min((h.retry_at for h in self.held.values()), default=None)
+
+    def release_rooms(self, room_ids: list[str], now: float) -> list[UnicastOut]:
+        """Stop serving rooms another shard now owns (hand-over, leave).
+
+        Pending NV writes are flushed first, so their syncs go out and their
+        records reach the store with this turn's journal; the caller then
+        journals and releases the leases. Returns the flush's unicasts.
+        """
+        out: list[UnicastOut] = []
+        for room_id in room_ids:
+            room = self.rooms.pop(room_id, None)
+            if room is None:
+                continue
+            if room.pending_globals or room.pending_client:
+                out.extend(self._tag(room, room.flush_nv(now)))
+            self._timer_rooms.discard(room_id)
+            self.handovers["released"] += 1
+        return out
+
+    def forget_rooms(self, room_ids: list[str]) -> None:
+        """Drop rooms whose lease was lost to another owner: their state is theirs now."""
+        for room_id in room_ids:
+            if self.rooms.pop(room_id, None) is not None:
+                self._timer_rooms.discard(room_id)
+                self.handovers["deposed"] += 1
+                log.error("room %r: lease lost to another owner; dropped from memory", room_id)
 
     # --------------------------------------------------------------- timers
 
@@ -343,6 +459,8 @@ class ShardState:
             return {"status": 422, "body": {"detail": str(exc)}}, []
         except ProtocolError as exc:
             return {"status": 503, "body": {"detail": f"room refused: {exc}"}}, []
+        except (LeaseBusy, StoreUnavailable) as exc:
+            return {"status": 503, "body": {"detail": f"room unavailable: {exc}"}}, []
         except (KeyError, TypeError, AttributeError) as exc:
             return {"status": 400, "body": {"detail": f"malformed request: {exc}"}}, []
         return {"status": 400, "body": {"detail": f"unknown op {op!r}"}}, []
@@ -363,5 +481,9 @@ class ShardState:
             "skipped_ticks": self.skipped_ticks,
             "rooms_expired": self.rooms_expired,
             "nv_sync_latency": self.nv_latency.to_dict(),
+            "handover_wait": self.handover_wait.to_dict(),
+            "handovers": dict(self.handovers),
+            "held_rooms": len(self.held),
+            "held_messages": self.held_total,
             "room_counters": asdict(self.room_counters),
         }

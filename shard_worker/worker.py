@@ -18,6 +18,8 @@ from typing import Any
 import orjson
 import zmq
 
+from relay.cluster.placement import owner_of
+from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.frames import BatchError, iter_batch, unicast_frames
@@ -28,6 +30,7 @@ from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
 from shard_worker.shaping import LatestOnly, TokenBucket
 from shard_worker.shard import ShardState
+from shard_worker.store.factory import open_room_store
 
 log = logging.getLogger("relay.shard")
 
@@ -48,11 +51,10 @@ class ShardWorker:
         self.heartbeat = heartbeat
         self.stopping = False
         now = time.monotonic()
-        self.store = None
-        if config.data_dir:
-            from shard_worker.journal import open_store
-
-            self.store = open_store(config.data_dir, shard_index)
+        self.view_file = ViewFile(run_dir)
+        self.node_id = self.view_file.node_id
+        self.store = open_room_store(config, shard_index, self.view_file.node_id, self.view_file.epoch)
+        self._next_renew = now + config.lease_ttl / 3
         self.state = ShardState(
             RoomSettings.from_config(config),
             store=self.store,
@@ -76,6 +78,7 @@ class ShardWorker:
             "egress_again": 0,
             "admin_requests": 0,
             "journal_records": 0,
+            "rooms_handed_over": 0,
             "unicast_bytes": 0,
         }
         # Recipients per message type id (control lane, out) and broadcasts per type id.
@@ -119,7 +122,8 @@ class ShardWorker:
 
     def run(self) -> None:
         self._open_sockets()
-        log.info("%s ready (%d rooms restored lazily from %s)", self.name, 0, self.config.data_dir or "nowhere")
+        log.info("%s ready (rooms load lazily from the %s store)", self.name,
+                 self.store.kind if self.store is not None else "no")
         try:
             while not self.stopping:
                 self._turn()
@@ -134,6 +138,9 @@ class ShardWorker:
         if len(self.control):
             return 0
         wait = self.state.next_deadline() - now
+        held_at = self.state.next_held_retry()
+        if held_at is not None:
+            wait = min(wait, held_at - now)
         if len(self.pending):
             first = next(iter(self.pending.frames.values()))
             wait = min(wait, self.bucket.seconds_until(len(first.payload) * first.fanout))
@@ -156,6 +163,9 @@ class ShardWorker:
             self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now)
         if self.admin_sock in events:
             self._read_admin(now)
+        if self.state.held:
+            self._enqueue(self.state.retry_held(now), 0)
+        self._cluster_upkeep(now)
         unicasts, broadcasts = self.state.tick(now, len(self.control))
         self._enqueue(unicasts, 0)
         for topic, payload, fanout in broadcasts:
@@ -232,8 +242,39 @@ class ShardWorker:
     def _journal(self) -> None:
         changes = self.state.drain_changes()
         if changes and self.store is not None:
-            self.store.apply(changes)
+            refused = self.store.apply(changes)
             self.counters["journal_records"] += len(changes)
+            if refused:
+                self.state.forget_rooms(refused)
+
+    def _cluster_upkeep(self, now: float) -> None:
+        """Leases, store retries and view changes: cheap unless something is due."""
+        if self.store is None:
+            return
+        refused = self.store.maintain(now)
+        if refused:
+            self.state.forget_rooms(refused)
+        if now >= self._next_renew:
+            self._next_renew = now + self.config.lease_ttl / 3
+            lost = self.store.renew(list(self.state.rooms))
+            if lost:
+                self.state.forget_rooms(lost)
+        view = self.view_file.poll(now)
+        if view is not None:
+            me = (self.node_id, self.index)
+            moving = [r for r in self.state.rooms if owner_of(r.encode("utf-8"), view) != me]
+            if moving:
+                self.hand_over(moving, now)
+
+    def hand_over(self, room_ids: list[str], now: float) -> None:
+        """Release rooms to their new owner: flush, journal, send, then let go of the lease."""
+        started = time.monotonic()
+        self._enqueue(self.state.release_rooms(room_ids, now), 0)
+        self._journal()
+        self.store.release(room_ids)
+        self.counters["rooms_handed_over"] += len(room_ids)
+        log.info("%s handed over %d room(s) in %.1f ms", self.name, len(room_ids),
+                 (time.monotonic() - started) * 1000)
 
     def _send_control(self, budget: int) -> int:
         """Send up to ``budget`` queued control frames; return how many went out."""
@@ -295,6 +336,8 @@ class ShardWorker:
                 "tokens": self.bucket.tokens,
                 "refunds": self.bucket.refunds,
                 "unicast_out_by_type": dict(self.out_by_type),
+                "node_id": self.node_id,
+                "store": vars(self.store.health()) if self.store is not None else None,
                 "broadcast_out_by_type": dict(self.broadcast_by_type),
                 **self.counters,
             }

@@ -73,6 +73,9 @@ class Arbiter:
         self.started_wall = time.time()
         self.extra_children: list[tuple[str, Callable[..., None], tuple]] = []
         self.metrics_server: Any = None
+        from supervisor.cluster_agent import ClusterAgent
+
+        self.cluster = ClusterAgent(config, self.run_dir, endpoints={})
 
     # ------------------------------------------------------------ signals
 
@@ -243,6 +246,7 @@ class Arbiter:
                 "metrics": self.config.metrics_port or None,
             },
             "children": children,
+            "cluster": self.cluster.status(),
         }
         write_status(self.endpoints.supervisor_file, state)
 
@@ -252,7 +256,7 @@ class Arbiter:
         self.init_signals()
         write_status(pointer_path(self.config.control_port), {"run_dir": self.run_dir, "pid": os.getpid()})
         log.info("supervisor %d: run dir %s, %d shards", os.getpid(), self.run_dir, self.config.shards)
-        if not self.preflight():
+        if not self.preflight() or not self.join_cluster():
             self.remove_pointer()
             return 1
         for name, target, args in self.child_specs():
@@ -300,11 +304,24 @@ class Arbiter:
             totals["ctrl_queue_depth"], restarts,
         )
 
+    def join_cluster(self) -> bool:
+        """Register this node (shared store) and write the view children start from."""
+        from relay.cluster.membership import NodeIdConflict
+
+        try:
+            self.cluster.join()
+        except NodeIdConflict as exc:
+            log.error("cannot start: %s", exc)
+            print(f"relayctl: cannot start: {exc}", file=sys.stderr)
+            return False
+        self.cluster.start()
+        return True
+
     def preflight(self) -> bool:
         """Refuse to start on a data dir we cannot read: never a silent empty state."""
-        if not self.config.data_dir:
+        if not self.config.data_dir or self.config.store:
             return True
-        from shard_worker.journal import StoreError, open_store
+        from shard_worker.store.sqlite_store import StoreError, open_store
 
         for shard in range(self.config.shards):
             try:
@@ -390,6 +407,9 @@ class Arbiter:
         names = list(self.children)
         self._stop_children([n for n in names if n == "ingress"], 1.5)
         self._stop_children([n for n in names if n.startswith("shard-") or n not in ("proxy", "ingress")], 2.5)
+        # Shards have flushed and released their leases: deregister so the
+        # other nodes take the rooms over now rather than after the TTL.
+        self.cluster.stop(leave=True)
         self._stop_children(["proxy"], 0.5)
         self.write_state()
         if self.metrics_server is not None:

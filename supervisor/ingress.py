@@ -20,10 +20,11 @@ from typing import Any
 
 import zmq
 
+from relay.cluster.placement import REMOTE, LocalRouter
+from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, tcp_bind
 from relay.frames import HEADER, HEADER_SIZE, BatchBuilder
-from relay.hashing import ShardRouter
 from relay.histogram import LatencyHistogram
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
@@ -49,7 +50,8 @@ class Ingress:
         self.config = config
         self.endpoints = NodeEndpoints(run_dir)
         self.heartbeat = heartbeat
-        self.router = ShardRouter(config.shards)
+        self.view_file = ViewFile(run_dir)
+        self.router = LocalRouter(self.view_file.view, self.view_file.node_id)
         self.stopping = False
         self.counts: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
@@ -140,6 +142,11 @@ class Ingress:
                     budget = TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH
                     self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
                 now = time.monotonic()
+                view = self.view_file.poll(now)
+                if view is not None:
+                    self.router.set_view(view)
+                    log.info("routing by cluster view generation %d (%d nodes)",
+                             view.generation, len(view.nodes))
                 if self.heartbeat is not None:
                     self.heartbeat.value = now
                 if now >= next_status:
@@ -178,6 +185,11 @@ class Ingress:
                     self._drop("internal_frame", "routing id over 255 bytes")
                     continue
                 shard = route(room)
+                if shard == REMOTE:
+                    # Owned by a shard of another node: cross-node forwarding
+                    # is not built yet ("Cluster, part 2").
+                    self._drop("remote_owner", f"room {room[:64]!r} is owned by another node")
+                    continue
                 batch = batches[shard]
                 batch.add(now_ns(), identity, room, payload)
                 if batch.count >= MAX_BATCH:
@@ -279,7 +291,8 @@ class Ingress:
                 "drops": dict(self.drops),
                 "retry_recipients": len(self.retry),
                 "retry_queued": self.retry_total,
-                "route_cache": len(self.router._cache),
+                "route_cache": len(self.router),
+                "view_generation": self.router.view.generation,
                 "control_latency": self.control_latency.to_dict(),
             },
         )

@@ -9,3 +9,16 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def valkey():
+    """One real valkey-server for the session; tests take a fresh database each."""
+    from tests.valkey_server import ValkeyServer
+
+    server = ValkeyServer().start()
+    yield server
+    server.close()

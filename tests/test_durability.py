@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from relay.hashing import shard_for_room
-from shard_worker.journal import shard_store_path
+from shard_worker.store.sqlite_store import shard_store_path
 from tests.support import (
     RELAYCTL,
     REPO,

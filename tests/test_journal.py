@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shard_worker.journal import (
+from shard_worker.store.sqlite_store import (
     SCHEMA_VERSION,
     RoomSnapshot,
     SqliteRoomStore,
@@ -265,7 +265,7 @@ def test_unicode_ids_and_values_round_trip(data_dir: str) -> None:
 KILLED_WRITER = textwrap.dedent(
     """
     import os, signal, sys
-    from shard_worker.journal import open_store
+    from shard_worker.store.sqlite_store import open_store
 
     store = open_store(sys.argv[1], 0)
     store.apply([("device", "r", "d%d" % i, i, i + 1) for i in range(1, 201)])

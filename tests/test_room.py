@@ -35,8 +35,8 @@ from relay.protocol.messages import (
     Rpc,
     VarEntry,
 )
-from shard_worker.journal import RoomSnapshot, SqliteRoomStore
 from shard_worker.room import MAX_CLIENT_NO, NvLimitError, Room, RoomSettings
+from shard_worker.store.sqlite_store import RoomSnapshot, SqliteRoomStore
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -37,9 +37,9 @@ from relay.protocol.messages import (
     Rpc,
     VarEntry,
 )
-from shard_worker.journal import SqliteRoomStore
 from shard_worker.room import RoomSettings
 from shard_worker.shard import ShardState
+from shard_worker.store.sqlite_store import SqliteRoomStore
 from tests.strategies import client_messages, mutated, pose_bodies
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""Durable state of one shard: a SQLite database (WAL) holding its rooms.
+"""The embedded room store: one SQLite database (WAL) per shard.
 
 Only what must survive a restart is kept (DESIGN.md, "State that must
 survive"): device-id -> client-number mappings with each room's counter,
@@ -13,17 +13,12 @@ hands the change records its rooms produced to :meth:`SqliteRoomStore.apply`
 seen is on disk even if the process is SIGKILLed right afterwards. A restarted
 worker reloads a room lazily with :meth:`SqliteRoomStore.load_room`.
 
-Change records are plain tuples (see ``shard_worker/room.py``)::
+Change records are listed in ``shard_worker/store/base.py``.
 
-    ("device", room_id, device_id, client_no, next_client_no)
-    ("device_expire", room_id, device_id)
-    ("global", room_id, name, value, last_writer_client_no, seq)
-    ("client_var", room_id, device_id, name, value, last_writer_client_no, seq)
-    ("client_var_del", room_id, device_id, name_or_None)
-    ("object", room_id, object_id, owner_client_no)
-    ("room_delete", room_id)
-    ("member", room_id, device_id, control_identity_or_None, stealth)
-    ("member_remove", room_id, device_id)
+Leases: the file is the lease. One shard process owns its file (the
+supervisor never runs two workers of one shard index), and a node on this
+store is a single-node deployment, so acquiring, renewing and releasing a
+room cannot conflict with anybody and cost nothing.
 """
 
 from __future__ import annotations
@@ -31,8 +26,9 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+
+from shard_worker.store.base import ChangeRecord, RoomSnapshot, StoreError, StoreHealth
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -43,7 +39,19 @@ __all__ = [
     "shard_store_path",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 had no object_poses table; it is upgraded in place on open.
+_UPGRADES = {
+    "1": """
+CREATE TABLE object_poses (
+    room_id   TEXT NOT NULL,
+    object_id INTEGER NOT NULL,
+    pose      BLOB NOT NULL,
+    pose_seq  INTEGER NOT NULL,
+    PRIMARY KEY (room_id, object_id)
+) WITHOUT ROWID;
+""",
+}
 
 # A worker owns its file alone, so the lock is only ever contended by an
 # operator's sqlite3 shell or a predecessor that has not quite exited yet.
@@ -105,6 +113,16 @@ CREATE TABLE objects (
     room_id   TEXT NOT NULL,
     object_id INTEGER NOT NULL,
     owner     INTEGER NOT NULL,
+    PRIMARY KEY (room_id, object_id)
+) WITHOUT ROWID;
+
+-- The last pose of each object (13 bytes, verbatim), written at most once
+-- per broadcast tick: what a late joiner (or a new owner shard) sends.
+CREATE TABLE object_poses (
+    room_id   TEXT NOT NULL,
+    object_id INTEGER NOT NULL,
+    pose      BLOB NOT NULL,
+    pose_seq  INTEGER NOT NULL,
     PRIMARY KEY (room_id, object_id)
 ) WITHOUT ROWID;
 
@@ -170,39 +188,16 @@ VALUES (?1, ?2, ?3, ?4,
 ON CONFLICT (room_id, device_id) DO UPDATE SET
     control_identity = excluded.control_identity, stealth = excluded.stealth
 """
+_UPSERT_OBJECT_POSE = """
+INSERT INTO object_poses (room_id, object_id, pose, pose_seq) VALUES (?, ?, ?, ?)
+ON CONFLICT (room_id, object_id) DO UPDATE SET
+    pose = excluded.pose, pose_seq = excluded.pose_seq
+"""
 _DELETE_MEMBER = "DELETE FROM members WHERE room_id = ? AND device_id = ?"
-_ROOM_TABLES = ("rooms", "devices", "globals", "client_vars", "objects", "members")
+_ROOM_TABLES = ("rooms", "devices", "globals", "client_vars", "objects", "object_poses", "members")
 
 
-class StoreError(Exception):
-    """The shard's database cannot be used; the message names the file."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"shard store {path}: {problem}")
-        self.path = path
-
-
-@dataclass
-class RoomSnapshot:
-    """Everything durable about one room, as a restarted worker needs it."""
-
-    room_id: str
-    # device_id -> client_no, in assignment order
-    devices: dict[str, int] = field(default_factory=dict)
-    next_client_no: int = 1
-    # highest write sequence ever stored for the room (deletions do not lower it)
-    write_seq: int = 0
-    # name -> (value, last_writer_client_no, seq), ordered by seq
-    globals: dict[str, tuple[str, int, int]] = field(default_factory=dict)
-    # device_id -> name -> (value, last_writer_client_no, seq), ordered by seq
-    client_vars: dict[str, dict[str, tuple[str, int, int]]] = field(default_factory=dict)
-    # object_id -> owner client number (0 = unowned), ordered by object id
-    objects: dict[int, int] = field(default_factory=dict)
-    # device_id -> (control identity or None, stealth), in member creation order
-    members: dict[str, tuple[bytes | None, bool]] = field(default_factory=dict)
-
-
-Record = tuple
+Record = ChangeRecord
 
 
 def _check_arity(kind: str, records: Sequence[Record], arity: int) -> None:
@@ -256,6 +251,12 @@ def _apply_object(db: sqlite3.Connection, records: Sequence[Record]) -> None:
     db.executemany(_TOUCH_ROOM, [(room,) for room in {r[1] for r in records}])
 
 
+def _apply_object_pose(db: sqlite3.Connection, records: Sequence[Record]) -> None:
+    _check_arity("object_pose", records, 5)
+    db.executemany(_UPSERT_OBJECT_POSE, [r[1:] for r in records])
+    db.executemany(_TOUCH_ROOM, [(room,) for room in {r[1] for r in records}])
+
+
 def _apply_member(db: sqlite3.Connection, records: Sequence[Record]) -> None:
     _check_arity("member", records, 5)
     db.executemany(_UPSERT_MEMBER, [(r[1], r[2], r[3], int(r[4])) for r in records])
@@ -295,6 +296,7 @@ _HANDLERS: dict[str, Callable[[sqlite3.Connection, Sequence[Record]], None]] = {
     "client_var": _apply_client_var,
     "client_var_del": _apply_client_var_del,
     "object": _apply_object,
+    "object_pose": _apply_object_pose,
     "room_delete": _apply_room_delete,
     "member": _apply_member,
     "member_remove": _apply_member_remove,
@@ -303,6 +305,8 @@ _HANDLERS: dict[str, Callable[[sqlite3.Connection, Sequence[Record]], None]] = {
 
 class SqliteRoomStore:
     """One shard's rooms in one SQLite file (WAL). Not thread-safe; one owner."""
+
+    kind = "sqlite"
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -378,6 +382,15 @@ class SqliteRoomStore:
         row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             raise StoreError(self.path, "no schema_version in meta table")
+        upgrade = _UPGRADES.get(row[0])
+        if upgrade is not None:
+            db.executescript(
+                "BEGIN IMMEDIATE;"
+                + upgrade
+                + f"UPDATE meta SET value = '{SCHEMA_VERSION}' WHERE key = 'schema_version';"
+                + "COMMIT;"
+            )
+            return
         if row[0] != str(SCHEMA_VERSION):
             raise StoreError(
                 self.path,
@@ -404,14 +417,15 @@ class SqliteRoomStore:
 
     # ---------------------------------------------------------------- writes
 
-    def apply(self, changes: Sequence[tuple]) -> None:
+    def apply(self, changes: Sequence[ChangeRecord]) -> list[str]:
         """Write one loop turn's change records in one transaction, in order.
 
-        Returns only once the transaction is committed. Unknown record kinds
+        Returns only once the transaction is committed (and never refuses a
+        room: the file is the lease). Unknown record kinds
         or wrong arity raise ValueError and nothing of the turn is written.
         """
         if not changes:
-            return
+            return []
         db = self._conn()
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -432,6 +446,25 @@ class SqliteRoomStore:
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(self.path, f"cannot write changes: {exc}") from exc
             raise
+        return []
+
+    # ---------------------------------------------------------------- leases
+
+    def acquire(self, room_id: str) -> int:
+        """The file is the lease: a single-node store has one owner per room."""
+        return 1
+
+    def release(self, room_ids: Iterable[str]) -> None:
+        """Nothing to hand over: no other shard can load this file's rooms."""
+
+    def renew(self, room_ids: Iterable[str]) -> list[str]:
+        return []
+
+    def maintain(self, now: float) -> None:
+        """A local file needs no reconnecting; errors surface in apply."""
+
+    def health(self) -> StoreHealth:
+        return StoreHealth(kind=self.kind, detail=self.path)
 
     # ----------------------------------------------------------------- reads
 
@@ -470,6 +503,12 @@ class SqliteRoomStore:
                     key,
                 )
             )
+            for object_id, pose, pose_seq in db.execute(
+                "SELECT object_id, pose, pose_seq FROM object_poses WHERE room_id = ?"
+                " ORDER BY object_id",
+                key,
+            ):
+                snap.object_poses[object_id] = (bytes(pose), pose_seq)
             for device_id, identity, stealth in db.execute(
                 "SELECT device_id, control_identity, stealth FROM members WHERE room_id = ?"
                 " ORDER BY member_seq",

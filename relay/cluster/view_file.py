@@ -1,0 +1,75 @@
+"""How children learn the cluster view: a small JSON file in the run dir.
+
+The supervisor's cluster agent rewrites ``view.json`` atomically whenever the
+view changes (and the store's health with it); children look at its mtime at
+most every ``check_interval`` seconds, which costs one ``stat`` and survives
+child restarts without any hand-shake: a restarted child reads the file.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import orjson
+
+from relay.cluster.view import ClusterView
+from relay.status import write_status
+
+__all__ = ["ViewFile", "view_path", "write_view"]
+
+
+def view_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "view.json")
+
+
+def write_view(run_dir: str, node_id: str, epoch: int, view: ClusterView, *, store_degraded: bool,
+               detail: str = "") -> None:
+    data = orjson.loads(view.to_bytes())
+    data.update({"local": {"node_id": node_id, "epoch": epoch}, "store_degraded": store_degraded,
+                 "detail": detail, "written_at": time.time()})
+    write_status(view_path(run_dir), data)
+
+
+class ViewFile:
+    """The child side: the current view, re-read when the file changes."""
+
+    def __init__(self, run_dir: str, check_interval: float = 0.1) -> None:
+        self.path = view_path(run_dir)
+        self.check_interval = check_interval
+        self._mtime = -1
+        self._next_check = 0.0
+        self.node_id = ""
+        self.epoch = 0
+        self.store_degraded = False
+        self.view: ClusterView | None = None
+        self._load()
+        if self.view is None:
+            raise FileNotFoundError(f"no cluster view at {self.path}")
+
+    def _load(self) -> bool:
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+            if mtime == self._mtime:
+                return False
+            with open(self.path, "rb") as fh:
+                raw = fh.read()
+            data = orjson.loads(raw)
+            view = ClusterView.from_bytes(raw)
+        except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            return False
+        self._mtime = mtime
+        self.node_id = str(data["local"]["node_id"])
+        self.epoch = int(data["local"]["epoch"])
+        self.store_degraded = bool(data.get("store_degraded", False))
+        changed = view != self.view
+        self.view = view
+        return changed
+
+    def poll(self, now: float | None = None) -> ClusterView | None:
+        """The new view if it changed since the last call, else None."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_check:
+            return None
+        self._next_check = now + self.check_interval
+        return self.view if self._load() else None

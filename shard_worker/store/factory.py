@@ -1,0 +1,27 @@
+"""The one place that reads the ``store`` option and opens a shard's store."""
+
+from __future__ import annotations
+
+import os
+
+from relay.config import RelayConfig
+from shard_worker.store.base import RoomStore
+
+
+def open_room_store(config: RelayConfig, shard_index: int, node_id: str, epoch: int) -> RoomStore | None:
+    """The shard's store: shared Valkey/Redis, SQLite in data_dir, or none (in memory)."""
+    if config.store:
+        from shard_worker.store.redis_store import LeaseOwner, open_redis_store
+
+        owner = LeaseOwner(node_id=node_id, epoch=epoch, shard=shard_index, pid=os.getpid())
+        return open_redis_store(
+            config.store,
+            owner,
+            lease_ttl=config.lease_ttl,
+            buffer_max_records=config.store_buffer_max_records,
+        )
+    if config.data_dir:
+        from shard_worker.store.sqlite_store import open_store
+
+        return open_store(config.data_dir, shard_index)
+    return None
