@@ -149,6 +149,18 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "relay_shards": ("gauge", "Configured number of shards.", ()),
     "relay_node_start_time_seconds": ("gauge", "Supervisor start time, Unix seconds.", ()),
     "relay_child_up": ("gauge", "1 if the child process is alive.", ("child",)),
+    "relay_store_degraded": (
+        "gauge", "1 while the shared store is unreachable (serving from memory).", ("scope",),
+    ),
+    "relay_cluster_nodes": ("gauge", "Live nodes in this node's cluster view.", ()),
+    "relay_cluster_view_generation": ("gauge", "Generation of the cluster view.", ()),
+    "relay_store_buffered_records": (
+        "gauge", "Change records waiting for the shared store to come back.", ("shard",),
+    ),
+    "relay_store_records_total": (
+        "counter", "Change records the store refused or could not keep, by outcome.", ("shard", "outcome"),
+    ),
+    "relay_handovers_total": ("counter", "Room hand-over events by kind.", ("shard", "event")),
     "relay_child_restarts_total": ("counter", "Child restarts by the supervisor.", ("child",)),
     "relay_child_uptime_seconds": ("gauge", "Age of the child's current instance.", ("child",)),
     "relay_child_status_age_seconds": (
@@ -358,6 +370,14 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
         ("relay_egress_recipients_total", "unicast_recipients"),
     ):
         _counter(raw, name, lab, st.get(field))
+    store = st.get("store") or {}
+    if store:
+        scrape.set("relay_store_degraded", (f"shard-{shard}",), 1 if store.get("degraded") else 0)
+        scrape.set("relay_store_buffered_records", lab, store.get("buffered_records"))
+        for outcome in ("rejected_writes", "dropped_records", "unpersisted_announced"):
+            _counter(raw, "relay_store_records_total", (shard, outcome), store.get(outcome))
+    for event, count in (st.get("handovers") or {}).items():
+        _counter(raw, "relay_handovers_total", (shard, str(event)), count)
     _counter(raw, "relay_bytes_sent_total", (shard, "control"), st.get("unicast_bytes"))
     _counter(raw, "relay_bytes_sent_total", (shard, "transform"), st.get("broadcast_bytes"))
     _counter(raw, "relay_send_blocked_total", (shard, "egress"), st.get("egress_again"))
@@ -478,6 +498,11 @@ class NodeCollector(Collector):
         children: dict[str, dict[str, Any]] = state.get("children") or {}
         scrape.set("relay_shards", (), state.get("shards"))
         scrape.set("relay_node_start_time_seconds", (), state.get("started_at"))
+        cluster = state.get("cluster") or {}
+        if cluster:
+            scrape.set("relay_store_degraded", ("membership",), 1 if cluster.get("store_degraded") else 0)
+            scrape.set("relay_cluster_nodes", (), len(cluster.get("nodes") or ()))
+            scrape.set("relay_cluster_view_generation", (), cluster.get("generation"))
         for name, child in children.items():
             scrape.set("relay_child_up", (name,), 1 if child.get("alive") else 0)
             scrape.set("relay_child_uptime_seconds", (name,), child.get("uptime_s"))

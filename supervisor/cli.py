@@ -98,8 +98,16 @@ def format_status_table(state: dict[str, Any]) -> str:
         f"supervisor pid {state['supervisor_pid']} ({'running' if state['running'] else 'NOT running'}), "
         f"{state.get('shards', '?')} shards, run dir {state['run_dir']}",
         "ports: " + "  ".join(f"{k}={v}" for k, v in state.get("ports", {}).items() if v),
-        "",
     ]
+    cluster = state.get("cluster") or {}
+    if cluster:
+        nodes = ", ".join(f"{n['node_id']}({n['shards']})" for n in cluster.get("nodes") or ())
+        lines.append(
+            f"node {cluster.get('node_id')}: {cluster.get('store')} store"
+            + (f", DEGRADED: {cluster.get('detail')}" if cluster.get("store_degraded") else "")
+            + f"; view generation {cluster.get('generation')}: {nodes}"
+        )
+    lines.append("")
     children = state.get("children", {})
     rows = []
     for name, child in children.items():

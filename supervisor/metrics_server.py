@@ -53,7 +53,15 @@ def health(run_dir: str) -> tuple[bool, dict[str, Any]]:
     except OSError:
         age = float("inf")
     ok = age < HEALTHY_STATE_AGE and children.get("ingress", False)
-    return ok, {"status": "ok" if ok else "unhealthy", "state_age_s": round(age, 3), "children": children}
+    cluster = state.get("cluster") or {}
+    degraded = bool(cluster.get("store_degraded"))
+    body = {"status": "ok" if ok else "unhealthy", "state_age_s": round(age, 3), "children": children,
+            "store_degraded": degraded, "node_id": cluster.get("node_id")}
+    if ok and degraded:
+        # Still serving (200: keep the balancer sending clients), but say so.
+        body["status"] = "degraded"
+        body["detail"] = cluster.get("detail", "")
+    return ok, body
 
 
 def make_app(run_dir: str, registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:

@@ -22,3 +22,16 @@ def valkey():
     server = ValkeyServer().start()
     yield server
     server.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def relay_store(request: pytest.FixtureRequest):
+    """Run an integration test once per store: SQLite (default) and shared Valkey."""
+    from tests import support
+
+    if request.param == "redis":
+        support.DEFAULT_STORE["url"] = request.getfixturevalue("valkey").fresh_db_url()
+    try:
+        yield request.param
+    finally:
+        support.DEFAULT_STORE["url"] = ""

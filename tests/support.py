@@ -32,6 +32,11 @@ from relay.protocol.messages import (
 REPO = Path(__file__).resolve().parent.parent
 RELAYCTL = [sys.executable, "-m", "supervisor.cli"]
 
+# The store every RelayNode of the running test uses unless told otherwise:
+# "" = SQLite in its data dir; a redis:// URL = the shared store. Set by the
+# ``relay_store`` fixture, which runs a test once with each.
+DEFAULT_STORE = {"url": ""}
+
 
 def free_ports(count: int) -> list[int]:
     """Ports free for both TCP and UDP right now (best effort, loopback)."""
@@ -104,6 +109,8 @@ class RelayNode:
     run_dir: str = ""
     data_dir: str = ""
     discovery: bool = False
+    store: str | None = None
+    node_id: str = ""
 
     def __post_init__(self) -> None:
         (
@@ -119,6 +126,8 @@ class RelayNode:
         self.data_dir = self.data_dir or os.path.join(self._tmp, "data")
         self.log_path = os.path.join(self._tmp, "relay.log")
         self.proc: subprocess.Popen | None = None
+        if self.store is None:
+            self.store = DEFAULT_STORE["url"]
 
     @property
     def args(self) -> list[str]:
@@ -143,6 +152,10 @@ class RelayNode:
             "--data-dir",
             self.data_dir,
         ]
+        if self.store:
+            args += ["--store", self.store]
+        if self.node_id:
+            args += ["--node-id", self.node_id]
         if self.discovery:
             args += ["--server-discovery-port", str(self.discovery_port)]
         else:

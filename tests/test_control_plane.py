@@ -22,7 +22,7 @@ from relay.protocol.messages import (
 )
 from tests.support import RawClient, RelayNode, reference_clients, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120), pytest.mark.usefixtures("relay_store")]
 
 
 @pytest.fixture(scope="module")

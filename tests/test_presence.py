@@ -31,7 +31,7 @@ from tests.support import (
     write_config,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90), pytest.mark.usefixtures("relay_store")]
 
 
 def head_pose(device_id: str, x: int, seq: int = 0, stealth: bool = False) -> ClientPose:

@@ -53,12 +53,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {1, tok}
 """
 
-# KEYS: lease_1 .. lease_n. ARGV: owner, ttl_ms. -> indexes (1-based) of lost leases.
+# KEYS: lease_1, fence_1, .. lease_n, fence_n.
+# ARGV: owner, node, epoch, shard, ttl_ms, token_1 .. token_n.
+# -> indexes (1-based) of the rooms whose lease is lost. A lease that merely
+# expired (nobody took over: the fence still shows our token) is taken back.
 RENEW = """
 local lost = {}
-for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], 'owner') == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+for i = 1, #KEYS / 2 do
+  local lease, fence, token = KEYS[2 * i - 1], KEYS[2 * i], ARGV[5 + i]
+  local holder = redis.call('HMGET', lease, 'owner', 'token')
+  if holder[1] == ARGV[1] and holder[2] == token then
+    redis.call('PEXPIRE', lease, ARGV[5])
+  elseif not holder[1] and redis.call('GET', fence) == token then
+    redis.call('HSET', lease, 'owner', ARGV[1], 'node', ARGV[2], 'epoch', ARGV[3],
+               'shard', ARGV[4], 'token', token)
+    redis.call('PEXPIRE', lease, ARGV[5])
   else
     lost[#lost + 1] = i
   end

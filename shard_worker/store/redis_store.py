@@ -205,9 +205,13 @@ class RedisRoomStore:
             pipe = self.r.pipeline(transaction=False)
             chunks = [rooms[i : i + _RENEW_CHUNK] for i in range(0, len(rooms), _RENEW_CHUNK)]
             for chunk in chunks:
+                keys: list[str] = []
+                for room_id in chunk:
+                    p = self._room_prefix(room_id)
+                    keys += (p + "lease", p + "fence")
                 self._renew(
-                    keys=[self._room_prefix(r) + "lease" for r in chunk],
-                    args=[self.me.owner, self.lease_ttl_ms],
+                    keys=keys,
+                    args=[*self._lease_args(), self.lease_ttl_ms, *(self.tokens[r] for r in chunk)],
                     client=pipe,
                 )
             for chunk, result in zip(chunks, pipe.execute(), strict=True):
