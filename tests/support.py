@@ -111,6 +111,8 @@ class RelayNode:
     discovery: bool = False
     store: str | None = None
     node_id: str = ""
+    # Client-facing address; several nodes on one machine use 127.0.0.2, .3, ...
+    host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         (
@@ -136,7 +138,7 @@ class RelayNode:
             "--shards",
             str(self.shards),
             "--host",
-            "127.0.0.1",
+            self.host,
             "--control-port",
             str(self.control_port),
             "--transform-port",
@@ -200,11 +202,25 @@ class RelayNode:
         child = state.get("children", {}).get(name)
         return child["pid"] if child and child.get("alive") else None
 
+    def local_room(self, prefix: str = "__probe__") -> str:
+        """A room id this node owns in its current cluster view (any room on one node)."""
+        from relay.cluster.placement import owner_of
+        from relay.cluster.view_file import ViewFile
+
+        try:
+            feed = ViewFile(self.run_dir)
+        except FileNotFoundError:
+            return prefix
+        return next(
+            f"{prefix}{i}" for i in range(1000) if owner_of(f"{prefix}{i}".encode(), feed.view)[0] == feed.node_id
+        )
+
     def wait_ready(self, timeout: float = 20.0) -> None:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"relay exited early:\n{self.log_text()}")
-            return handshake(self, "__ready_probe__", timeout=0.3) is not None
+            room = self.local_room() if self.store else "__probe__"
+            return handshake(self, "__ready_probe__", room=room, timeout=0.3) is not None
 
         wait_for(ready, timeout, interval=0.1, what="relay readiness")
 
@@ -241,7 +257,7 @@ class RelayNode:
         self.stop()
 
     def endpoint(self, port: int) -> str:
-        return f"tcp://127.0.0.1:{port}"
+        return f"tcp://{self.host}:{port}"
 
 
 class RawClient:

@@ -134,3 +134,55 @@ def test_a_node_id_held_by_a_live_node_is_refused(server: ValkeyServer) -> None:
             assert "held by a live node" in twin.log_text()
         finally:
             twin.stop()
+
+
+def _view_nodes(node: RelayNode) -> list[str]:
+    cluster = (node.supervisor_state() or {}).get("cluster") or {}
+    return [n["node_id"] for n in cluster.get("nodes") or ()]
+
+
+def test_rooms_of_a_dead_node_are_served_by_the_survivor_with_nothing_lost(server: ValkeyServer) -> None:
+    """Two nodes on 127.0.0.2 and 127.0.0.3; kill -9 of one whole node.
+
+    Measures the unavailability window (kill -> the survivor serves the room),
+    bounded by membership TTL + refresh + lease TTL (3 + 1 + 4 s by default).
+    """
+    from relay.cluster.placement import owner_of
+    from relay.cluster.view import ClusterView, NodeInfo
+    from relay.protocol.messages import GlobalVarSet, GlobalVarSync
+
+    a = RelayNode(shards=1, store=server.url, node_id="a", host="127.0.0.2").start()
+    b = RelayNode(shards=1, store=server.url, node_id="b", host="127.0.0.3").start()
+    try:
+        wait_for(lambda: _view_nodes(a) == ["a", "b"] and _view_nodes(b) == ["a", "b"], 10, what="2-node view")
+        view = ClusterView(1, (NodeInfo("a", 1), NodeInfo("b", 1)))
+        room = next(f"fo-{i}" for i in range(200) if owner_of(f"fo-{i}".encode(), view)[0] == "a")
+        x = RawClient(a, room, "dev-x", subscribe=False)
+        try:
+            assert x.join() == 1
+            x.send_control(GlobalVarSet(0, "dev-x", "scene", "forest"))
+            assert x.recv_control_until(lambda m: isinstance(m, GlobalVarSync), 3) is not None
+        finally:
+            x.close()
+        os.killpg(a.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        y = RawClient(b, room, "dev-y", subscribe=False)
+        try:
+            def served() -> int | None:
+                y.hello()
+                msg = y.recv_control_until(lambda m: hasattr(m, "mappings"), 0.2)
+                return msg is not None and next(e.client_no for e in msg.mappings if e.device_id == "dev-y")
+
+            number = wait_for(served, 20, interval=0.05, what="survivor serves the room")
+            window = time.monotonic() - killed
+            print(f"unavailability window after kill -9 of a node: {window:.2f} s")
+            assert number == 2, "the dead node's client numbers are kept (dev-x has 1)"
+            sync = y.recv_control_until(lambda m: isinstance(m, GlobalVarSync), 3)
+            assert sync is not None and {(e.name, e.value) for e in sync.variables} == {("scene", "forest")}
+            assert window < 3.0 + 1.0 + 4.0 + 4.0  # TTLs plus a generous margin for a loaded CI box
+        finally:
+            y.close()
+        assert _view_nodes(b) == ["b"]
+    finally:
+        a.stop()
+        b.stop()

@@ -35,6 +35,7 @@ def wait_new_pid(node: RelayNode, name: str, old_pid: int, timeout: float) -> in
                     interval=0.01, what=f"{name} restarted")
 
 
+@pytest.mark.usefixtures("relay_store")
 def test_shard_kill9_mid_nv_stream_loses_nothing_acknowledged() -> None:
     with RelayNode(shards=2) as node:
         room = room_on_shard(0)
@@ -83,6 +84,7 @@ def test_shard_kill9_mid_nv_stream_loses_nothing_acknowledged() -> None:
                 late_raw.close()
 
 
+@pytest.mark.usefixtures("relay_store")
 def test_shard_restart_keeps_members_reachable() -> None:
     """Members and their control identities are journalled: unicasts still arrive."""
     with RelayNode(shards=1) as node:
@@ -136,6 +138,7 @@ def test_ingress_then_proxy_kill9_clients_recover() -> None:
                 assert time.monotonic() - started < 10
 
 
+@pytest.mark.usefixtures("relay_store")
 def test_hung_shard_is_detected_and_replaced(tmp_path) -> None:
     with RelayNode(shards=2) as node:
         pid = node.child_pid("shard-1")
