@@ -1,4 +1,5 @@
-"""`pip install .` installs what the relay runs, and nothing only tests use.
+"""`pip install .` installs what the relay runs, nothing only tests use, and
+declares every third-party package the relay imports.
 
 The installed packages are found the way setuptools finds them (the
 ``[tool.setuptools.packages.find]`` include patterns of pyproject.toml over
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
+import sys
 import tomllib
 from fnmatch import fnmatchcase
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -106,3 +110,33 @@ def test_the_reachability_check_can_fail() -> None:
     files = dict(module_files())
     files["relay.protocol.orphan"] = REPO / "tests" / "vector_form.py"
     assert "relay.protocol.orphan" not in reachable_from(entry_modules(), files)
+
+
+def _normalise(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_every_third_party_import_is_a_declared_dependency() -> None:
+    # Declared directly, not left to arrive through another package's pins
+    # (pydantic and starlette come with FastAPI, but the REST bridge imports them).
+    files = module_files()
+    own = {name.split(".")[0] for name in files}
+    top_level = {
+        name.split(".")[0]
+        for module, path in files.items()
+        for name in imported_names(module, path)
+        if name and not name.startswith(".")
+    }
+    third_party = sorted(top_level - own - set(sys.stdlib_module_names) - {"__future__"})
+    assert {"zmq", "orjson", "fastapi", "pydantic", "starlette"} <= set(third_party)
+    declared = {
+        _normalise(re.split(r"[<>=!~;\[ ]", spec, maxsplit=1)[0])
+        for spec in PYPROJECT["project"]["dependencies"]
+    }
+    providers = packages_distributions()
+    missing = {
+        name: providers.get(name)
+        for name in third_party
+        if not any(_normalise(dist) in declared for dist in providers.get(name, []))
+    }
+    assert missing == {}, f"imported but not declared in pyproject.toml: {missing}"
