@@ -7,7 +7,8 @@ lower layers (environment, TOML file, defaults) show through;
 :func:`cli_layer` hands only the given ones to :func:`relay.config.resolve_config`.
 
 A new config field gets its flag with one :func:`_flag` line; the flag's
-type comes from the field's type in ``RelayConfig``.
+type comes from the field's type in ``RelayConfig``, its name from the key
+unless ``flag=`` says otherwise.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from relay.config import ALIASES, FIELD_TYPES, INPUT_KEYS, RelayConfig, resolve_
 __all__ = ["add_config_arguments", "cli_layer", "config_from_args"]
 
 
-def _flag(group: Any, key: str, metavar: str, help_text: str | None = None) -> None:
-    """``--key-with-dashes VALUE`` for config key ``key``, typed like its field."""
+def _flag(
+    group: Any, key: str, metavar: str, help_text: str | None = None, *, flag: str | None = None
+) -> None:
+    """``--key-with-dashes VALUE`` (or ``flag``) for config key ``key``, typed like its field."""
     field_type = FIELD_TYPES[ALIASES.get(key, key)]
     group.add_argument(
-        "--" + key.replace("_", "-"),
+        flag or "--" + key.replace("_", "-"),
         dest=key,
         type=None if field_type is str else field_type,
         metavar=metavar,

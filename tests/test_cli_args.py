@@ -9,7 +9,7 @@ import pytest
 
 from relay.config import FIELD_TYPES, INPUT_KEYS, RelayConfig
 from supervisor.cli import build_parser
-from supervisor.cli_args import add_config_arguments, cli_layer, config_from_args
+from supervisor.cli_args import _flag, add_config_arguments, cli_layer, config_from_args
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -123,3 +123,10 @@ def test_relayctl_start_takes_the_config_flags() -> None:
     c = config_from_args(args, environ={})
     assert (c.shards, c.rest_token) == (2, "t")
     assert dataclasses.replace(c, shards=1, rest_token="") == dataclasses.replace(RelayConfig(), shards=1)
+
+
+def test_a_flag_may_be_named_apart_from_its_key() -> None:
+    parser = argparse.ArgumentParser()
+    _flag(parser, "shards", "N", flag="--workers")
+    ns = parser.parse_args(["--workers", "4"])
+    assert ns.shards == 4 and cli_layer(ns) == {"shards": 4}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 import re
 import sys
 import tomllib
@@ -28,9 +29,11 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
 def installed_packages() -> list[str]:
     include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     found = []
-    for init in sorted(REPO.rglob("__init__.py")):
-        rel = init.parent.relative_to(REPO)
-        if not rel.parts or any(part.startswith(".") for part in rel.parts):
+    for root, dirs, files in os.walk(REPO):
+        # Hidden directories (.venv, .git) and caches hold no packages of ours.
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        rel = Path(root).relative_to(REPO)
+        if not rel.parts or "__init__.py" not in files:
             continue
         name = ".".join(rel.parts)
         if any(fnmatchcase(name, pattern) for pattern in include):
