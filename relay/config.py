@@ -15,15 +15,17 @@ The command line is parsed by ``supervisor/cli_args.py`` (argparse lives
 with ``relayctl``); this module takes its result as a plain mapping of config
 keys, like the other layers.
 
-Why hand-written rather than pydantic-settings (decided in issue #14): the
-behaviour that must stay exactly as it is does not fit a settings library's
-model without as much glue as this module has code --
+Why hand-written rather than pydantic-settings (issue #14): the behaviour
+that must stay exactly as it is does not fit a settings library's model
+without about as much glue as this module has code --
 
-- one report with every error of every layer (a settings library stops at the
-  first failing source, and its messages name fields, not ``RELAY_X`` or the
-  file the value came from);
+- one report with every error of every layer, each naming where the bad value
+  came from (``RELAY_X``, the file, the command line); a settings library
+  merges its sources before validating, so its errors name fields, and a
+  source it cannot parse ends the resolution;
 - strict types per source: a TOML ``true`` or ``5555.0`` is not a port, while
-  the environment's text is parsed (lax coercion would accept both);
+  the environment's text is parsed (lax coercion turns ``5555.0`` into an int;
+  strict mode would refuse the environment's text as well);
 - reference-compatible aliases with per-layer rules: ``dealer_port`` must equal
   ``control_port`` within one file or environment, but ``--control-port``
   simply wins on the command line;
