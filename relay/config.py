@@ -10,11 +10,39 @@ own keys sit next to them in the same flat namespace.
 Every problem found while resolving (a bad type in any layer, a value out of
 range, a cross-field conflict) is collected and reported at once in a single
 :class:`ConfigError`, so an operator fixes a config file in one round trip.
+
+The command line is parsed by ``supervisor/cli_args.py`` (argparse lives
+with ``relayctl``); this module takes its result as a plain mapping of config
+keys, like the other layers.
+
+Why hand-written rather than pydantic-settings (issue #14): the behaviour
+that must stay exactly as it is does not fit a settings library's model
+without about as much glue as this module has code --
+
+- one report with every error of every layer, each naming where the bad value
+  came from (``RELAY_X``, the file, the command line); a settings library
+  merges its sources before validating, so its errors name fields, and a
+  source it cannot parse ends the resolution;
+- strict types per source: a TOML ``true`` or ``5555.0`` is not a port, while
+  the environment's text is parsed (lax coercion turns ``5555.0`` into an int;
+  strict mode would refuse the environment's text as well);
+- reference-compatible aliases with per-layer rules: ``dealer_port`` must equal
+  ``control_port`` within one file or environment, but ``--control-port``
+  simply wins on the command line;
+- ``transform_port`` follows ``control_port`` + 2 unless some layer set it;
+- unknown TOML keys are warnings (reference files carry keys we do not use),
+  unknown keys in an internal hand-over are errors;
+- the reference's exact flag names, which are not derived from field names
+  (``--no-server-discovery``, ``--log-json``).
+
+Adding a field: one line in :class:`RelayConfig` (type and default), one
+validation line (usually adding the key to one of the ``_*_KEYS`` tuples
+below), and one flag line in ``supervisor/cli_args.py`` if it gets a flag.
+The environment variable ``RELAY_<KEY>`` and the TOML key come for free.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import math
@@ -23,14 +51,17 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "ALIASES",
     "ConfigError",
-    "RelayConfig",
     "ENV_PREFIX",
+    "FIELD_TYPES",
+    "INPUT_KEYS",
     "LOG_LEVELS",
-    "add_config_arguments",
+    "RelayConfig",
     "config_from_mapping",
     "parse_server_version",
     "resolve_config",
@@ -76,6 +107,10 @@ class RelayConfig:
     device_id_expiry_time: float = 86400.0
     empty_room_expiry_time: float = 86400.0
     status_log_interval: float = 10.0
+    # Accepted and validated so reference config files load unchanged, but
+    # not read: the relay's loops wait for their next deadline instead of a
+    # fixed sleep or poll timeout (which is what bounded the reference's
+    # unicast latency, W8).
     main_loop_sleep: float = 0.02
     poll_timeout: int = 100  # milliseconds
     max_global_vars: int = 100
@@ -86,11 +121,15 @@ class RelayConfig:
     nv_monitor_window_size: float = 1.0
     nv_monitor_threshold: int = 200
     max_virtual_transforms: int = 50
+    # Reference keys the reference itself never uses (BEHAVIOR §14); accepted
+    # for compatibility, read by nothing here either.
     pub_queue_maxsize: int = 10000
     delta_ring_size: int = 10000
     log_dir: str = ""
     log_level_console: str = "INFO"
     log_json_console: bool = False
+    # loguru rule strings in the reference; accepted, and `relayctl start`
+    # warns that the relay's own rotation (10 MB x 20 files) applies instead.
     log_rotation: str = ""
     log_retention: str = ""
     # --- the relay's own keys ---
@@ -163,9 +202,14 @@ _FIELD_TYPES: dict[str, type] = {
     f.name: (_TYPE_NAMES[f.type] if isinstance(f.type, str) else f.type)
     for f in dataclasses.fields(RelayConfig)
 }
+# Read-only views for the command-line layer, which derives flag types from them.
+FIELD_TYPES: Mapping[str, type] = MappingProxyType(_FIELD_TYPES)
 
 # Keys that are accepted on input but are not fields of their own.
 _ALIASES = {"dealer_port": "control_port"}
+ALIASES: Mapping[str, str] = MappingProxyType(_ALIASES)
+# Every key a layer may carry: the fields, then the aliases.
+INPUT_KEYS: tuple[str, ...] = (*_FIELD_TYPES, *_ALIASES)
 
 
 # ---------------------------------------------------------------------------
@@ -217,7 +261,7 @@ _FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def _coerce_typed(key: str, value: Any, source: str, errors: list[str]) -> Any:
-    """Check a value that already has a Python type (TOML, dict, CLI).
+    """Check a value that already has a Python type (TOML, mapping, command line).
 
     Returns ``_INVALID`` (and records an error) when the type does not fit.
     """
@@ -290,7 +334,12 @@ def _fold_alias(
 
 
 def _layer_from_typed(
-    values: Mapping[str, Any], source: str, errors: list[str], *, unknown_is_error: bool
+    values: Mapping[str, Any],
+    source: str,
+    errors: list[str],
+    *,
+    unknown_is_error: bool,
+    control_wins: bool = False,
 ) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for key, value in values.items():
@@ -303,7 +352,7 @@ def _layer_from_typed(
         coerced = _coerce_typed(key, value, source, errors)
         if coerced is not _INVALID:
             layer[key] = coerced
-    _fold_alias(layer, source, errors, control_wins=False)
+    _fold_alias(layer, source, errors, control_wins=control_wins)
     return layer
 
 
@@ -325,25 +374,13 @@ def _load_toml(path: str, errors: list[str]) -> dict[str, Any]:
 
 def _layer_from_env(environ: Mapping[str, str], errors: list[str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
-    for key in (*_FIELD_TYPES, *_ALIASES):
+    for key in INPUT_KEYS:
         name = ENV_PREFIX + key.upper()
         if name in environ:
             value = _coerce_text(key, environ[name], name, errors)
             if value is not _INVALID:
                 layer[key] = value
     _fold_alias(layer, "environment", errors, control_wins=False)
-    return layer
-
-
-def _layer_from_args(args: argparse.Namespace, errors: list[str]) -> dict[str, Any]:
-    layer: dict[str, Any] = {}
-    for key in (*_FIELD_TYPES, *_ALIASES):
-        value = getattr(args, key, None)
-        if value is not None:
-            coerced = _coerce_typed(key, value, "command line", errors)
-            if coerced is not _INVALID:
-                layer[key] = coerced
-    _fold_alias(layer, "command line", errors, control_wins=True)
     return layer
 
 
@@ -366,19 +403,26 @@ def _build(layers: list[dict[str, Any]], errors: list[str]) -> RelayConfig:
 
 
 def resolve_config(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
 ) -> RelayConfig:
-    """Resolve the effective config from CLI args, environment and TOML file.
+    """Resolve the effective config from the command line, environment and TOML file.
 
-    ``environ`` defaults to ``os.environ``. The file comes from ``--config``,
-    else from ``RELAY_CONFIG``. Raises :class:`ConfigError` with every problem.
+    ``cli`` holds the values given on the command line, keyed by config key
+    (``dealer_port`` accepted; an unknown key is an error, since the caller
+    built the mapping). ``environ`` defaults to ``os.environ``. The file is
+    ``config_file``, else ``RELAY_CONFIG``. Raises :class:`ConfigError` with
+    every problem.
     """
     env = os.environ if environ is None else environ
     errors: list[str] = []
-    config_path = getattr(args, "config", None) or env.get(ENV_PREFIX + "CONFIG") or None
+    config_path = config_file or env.get(ENV_PREFIX + "CONFIG") or None
     file_layer = _load_toml(str(config_path), errors) if config_path else {}
     env_layer = _layer_from_env(env, errors)
-    cli_layer = _layer_from_args(args, errors)
+    cli_layer = _layer_from_typed(
+        cli or {}, "command line", errors, unknown_is_error=True, control_wins=True
+    )
     return _build([file_layer, env_layer, cli_layer], errors)
 
 
@@ -562,94 +606,3 @@ def _validate(c: RelayConfig) -> list[str]:
 
 _STORE_SCHEMES = ("redis", "rediss", "valkey", "valkeys", "unix")
 _NODE_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-
-
-# ---------------------------------------------------------------------------
-# command line
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the reference server's flags plus the relay's own to ``parser``.
-
-    Every option defaults to None so :func:`resolve_config` can tell "not given"
-    from a value; dests are the config key names.
-    """
-    g = parser.add_argument_group("configuration")
-    g.add_argument("--config", metavar="FILE", default=None, help="TOML config file (flat keys)")
-    g.add_argument(
-        "--no-server-discovery",
-        dest="enable_server_discovery",
-        action="store_const",
-        const=False,
-        default=None,
-        help="disable the UDP/TCP discovery service",
-    )
-    port_flags = {
-        "control_port": "control ROUTER port (default 5555)",
-        "dealer_port": "deprecated alias of --control-port (--control-port wins)",
-        "transform_port": "transform ROUTER port (default: control port + 2)",
-        "pub_port": "PUB port (default 5556)",
-        "server_discovery_port": "discovery UDP+TCP port (default 49999)",
-        "rest_api_port": "REST bridge port (default 8800)",
-    }
-    for key, text in port_flags.items():
-        g.add_argument(
-            "--" + key.replace("_", "-"),
-            dest=key,
-            type=int,
-            metavar="PORT",
-            default=None,
-            help=text,
-        )
-    g.add_argument("--log-dir", default=None, metavar="DIR", help="write JSON log files here")
-    g.add_argument("--log-rotation", default=None, metavar="RULE")
-    g.add_argument("--log-retention", default=None, metavar="RULE")
-    g.add_argument(
-        "--log-json-console",
-        "--log-json",
-        dest="log_json_console",
-        action="store_const",
-        const=True,
-        default=None,
-        help="JSON lines on the console",
-    )
-    g.add_argument(
-        "--log-level-console",
-        default=None,
-        metavar="LEVEL",
-        help="DEBUG, INFO, WARNING, ERROR or CRITICAL",
-    )
-    g.add_argument("--shards", type=int, default=None, metavar="N", help="shard processes")
-    g.add_argument("--host", default=None, metavar="ADDR", help="bind address of client ports")
-    g.add_argument("--run-dir", default=None, metavar="DIR", help="ipc endpoint directory")
-    g.add_argument("--data-dir", default=None, metavar="DIR", help="durable state directory")
-    g.add_argument(
-        "--metrics-port", type=int, default=None, metavar="PORT", help="0 disables /metrics"
-    )
-    g.add_argument(
-        "--store",
-        default=None,
-        metavar="URL",
-        help="redis://host:port/db: rooms and membership in a shared Valkey/Redis (cluster)",
-    )
-    g.add_argument("--node-id", default=None, metavar="ID", help="this node's id in the cluster")
-    g.add_argument(
-        "--advertise", dest="advertise_host", default=None, metavar="ADDR",
-        help="address other nodes reach this node on",
-    )
-    g.add_argument("--rest-host", default=None, metavar="ADDR", help="REST bridge bind address")
-    g.add_argument("--rest-token", default=None, metavar="TOKEN", help="REST bearer token")
-    g.add_argument("--server-name", default=None, metavar="NAME", help="name in discovery")
-    g.add_argument(
-        "--server-version",
-        default=None,
-        metavar="X.Y.Z",
-        help="release announced to clients (0.0.x disables Unity's check)",
-    )
-    g.add_argument(
-        "--transform-budget-bytes-per-sec",
-        type=int,
-        default=None,
-        metavar="BYTES",
-        help="transform bandwidth per shard (0 = unlimited)",
-    )

@@ -2,7 +2,9 @@
 
 blake2b, never Python's hash(): every process and every restart must agree on
 where a room lives. Rendezvous hashing moves only the rooms whose winner
-changed when the shard count changes (about 1/N of them).
+changed when the shard count changes (about 1/N of them); today the count is
+fixed for the life of a node and of its data dir (live rescaling is planned,
+see README).
 """
 
 from __future__ import annotations

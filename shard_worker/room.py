@@ -11,75 +11,59 @@ object poses need membership (W5), a joiner alone gets the full snapshot
 (W7), poseTime is the pose receive time (W15), names are limited in UTF-8
 bytes as well as characters (W11) and NV flushes honour their interval (W17).
 
-Durable changes (device numbers, variables, ownership) are appended to
-``changes`` as plain tuples; the worker journals them before any message that
-announces them leaves the shard.
+This module's own job is membership (§3, §6, §7), the join sequences (§4),
+mapping broadcasts (§5), RPC fan-out (§9), room poses (§8), and deciding who
+receives what. The rest lives in one class each, which ``Room`` composes:
+
+- ``shard_worker/numbering.py``: device id <-> client number (§2);
+- ``shard_worker/network_variables.py``: global and client variables (§10);
+- ``shard_worker/objects.py``: objects and ownership (§11).
+
+Durable changes (device numbers, variables, ownership, members) are appended
+to ``changes`` as plain tuples (formats in ``shard_worker/store/base.py``); the
+worker journals them before any message that announces them leaves the shard.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import RelayConfig
 from relay.protocol import encode
-from relay.protocol.fastpath import assemble_room_objects, assemble_room_pose, room_pose_header
-from relay.protocol.messages import (
-    FLAG_STEALTH,
-    OWNERSHIP_OP_RELEASE,
-    OWNERSHIP_OP_REQUEST,
-    OWNERSHIP_REJECT_NOT_OWNER,
-    ClientVars,
-    ClientVarSync,
-    DeviceIdMapping,
-    GlobalVarSync,
-    MappingEntry,
-    OwnershipChanged,
-    OwnershipRejected,
-    Rpc,
-    VarEntry,
+from relay.protocol.fastpath import assemble_room_pose, room_pose_header
+from relay.protocol.messages import FLAG_STEALTH, DeviceIdMapping, MappingEntry, Rpc
+from shard_worker.network_variables import (
+    MAX_STR8_BYTES,
+    NetworkVariables,
+    NvLimitError,
+    RestValidationError,
+    Var,
+    name_fits_wire,
+    truncate_text,
 )
+from shard_worker.numbering import MAX_CLIENT_NO, ClientNumbering, Device
+from shard_worker.objects import ObjectTable, RoomObject
+from shard_worker.room_settings import RoomCounters, RoomSettings
 
-log = logging.getLogger(__name__)
-
-MAX_CLIENT_NO = 65535
-MAX_STR8_BYTES = 255
+# Importable from here as before the split (ShardState, tests, the lead's store).
+__all__ = [
+    "MAX_CLIENT_NO",
+    "MAX_STR8_BYTES",
+    "Device",
+    "Member",
+    "NvLimitError",
+    "RestValidationError",
+    "Room",
+    "RoomCounters",
+    "RoomObject",
+    "RoomSettings",
+    "Unicast",
+    "Var",
+    "name_fits_wire",
+    "truncate_text",
+]
 
 Unicast = tuple[tuple[bytes, ...], bytes]
-
-_DEFAULTS = RelayConfig()
-
-
-@dataclass(frozen=True, slots=True)
-class RoomSettings:
-    """The subset of the relay configuration that room semantics depend on.
-
-    Defaults are the relay's (one source of truth in ``RelayConfig``); tests
-    override single fields.
-    """
-
-    client_timeout: float = _DEFAULTS.client_timeout
-    device_id_expiry_time: float = _DEFAULTS.device_id_expiry_time
-    empty_room_expiry_time: float = _DEFAULTS.empty_room_expiry_time
-    transform_broadcast_rate: float = _DEFAULTS.transform_broadcast_rate
-    idle_broadcast_interval: float = _DEFAULTS.idle_broadcast_interval
-    object_idle_broadcast_interval: float = _DEFAULTS.object_idle_broadcast_interval
-    nv_flush_interval: float = _DEFAULTS.nv_flush_interval
-    mapping_throttle_interval: float = _DEFAULTS.mapping_throttle_interval
-    max_global_vars: int = _DEFAULTS.max_global_vars
-    max_client_vars: int = _DEFAULTS.max_client_vars
-    max_var_name_length: int = _DEFAULTS.max_var_name_length
-    max_var_value_length: int = _DEFAULTS.max_var_value_length
-    nv_monitor_window_size: float = _DEFAULTS.nv_monitor_window_size
-    nv_monitor_threshold: int = _DEFAULTS.nv_monitor_threshold
-    max_objects_per_room: int = _DEFAULTS.max_objects_per_room
-    server_version: tuple[int, int, int] = _DEFAULTS.server_version_tuple
-
-    @classmethod
-    def from_config(cls, config: RelayConfig) -> RoomSettings:
-        values = {name: getattr(config, name) for name in cls.__dataclass_fields__ if name != "server_version"}
-        return cls(server_version=config.server_version_tuple, **values)
 
 
 @dataclass(slots=True)
@@ -94,93 +78,104 @@ class Member:
     pose_time: float = 0.0
 
 
-@dataclass(slots=True)
-class Device:
-    """A device's number in this room; outlives membership until it expires."""
-
-    client_no: int
-    last_seen: float
-
-
-@dataclass(slots=True)
-class Var:
-    value: str
-    last_writer: int
-    seq: int
-
-
-@dataclass(slots=True)
-class RoomObject:
-    owner: int = 0
-    pose_bytes: bytes | None = None
-    pose_seq: int = 0
-    pose_time: float = 0.0
-
-
-class NvLimitError(ValueError):
-    """A REST write that the limits refuse as a whole (HTTP 409)."""
-
-
-class RestValidationError(ValueError):
-    """A REST write with a name or value the wire cannot carry (HTTP 422)."""
-
-
-def truncate_text(text: str, max_chars: int) -> str:
-    """The reference's rule: limits count code points, not bytes."""
-    return text[:max_chars]
-
-
-def name_fits_wire(name: str) -> bool:
-    """A name must also fit a str8, or every later sync of the room breaks (W11)."""
-    return len(name.encode("utf-8")) <= MAX_STR8_BYTES
-
-
-@dataclass(slots=True)
-class RoomCounters:
-    """Refusals and work done by rooms; one instance is shared by a shard's
-    rooms so the totals stay monotonic when a room expires."""
-
-    nv_writes_refused: int = 0
-    nv_writes_applied: int = 0
-    rpc_fanout: int = 0
-    object_poses_refused: int = 0
-    objects_refused: int = 0
-
-
 class Room:
     def __init__(self, room_id: str, settings: RoomSettings, now: float) -> None:
         self.room_id = room_id
         self.room_id_bytes = room_id.encode("utf-8")
         self.settings = settings
+        changes: list[tuple] = []
+        counters = RoomCounters()
         self.members: dict[str, Member] = {}
-        self.devices: dict[str, Device] = {}
-        self.numbers: dict[int, str] = {}
-        self.next_client_no = 1
-        self.globals: dict[str, Var] = {}
-        self.client_vars: dict[str, dict[str, Var]] = {}
-        self.write_seq = 0
-        self.pending_globals: dict[str, tuple[str, int]] = {}
-        self.pending_client: dict[tuple[int, str], tuple[str, int]] = {}
-        self.pending_since: float | None = None
-        self.last_flush_wait: float | None = None
-        self.objects: dict[int, RoomObject] = {}
+        self.numbering = ClientNumbering(room_id, changes)
+        self.nv = NetworkVariables(room_id, settings, self.numbering, changes, counters, now)
+        self.object_table = ObjectTable(room_id, settings, changes, counters)
+        self._changes = changes
+        self._counters = counters
         self.pose_dirty = True
         self.mapping_dirty = False
-        self.objects_dirty = False
         self.last_pose_broadcast = -1e18
-        self.last_objects_broadcast = -1e18
         self.last_mapping_broadcast = -1e18
-        self.last_nv_flush = -1e18
         self.empty_since: float | None = now
-        self.changes: list[tuple] = []
-        self.counters = RoomCounters()
         self._pose_header = room_pose_header(room_id)
-        self._nv_window_start = now
-        self._nv_window_count = 0
-        self._nv_warned = False
-        # Objects whose pose changed since it was last journaled: written at
-        # most once per objects broadcast, never once per pose message.
-        self._unsaved_poses: set[int] = set()
+
+    # ------------------------------------------------ shared sinks and views
+
+    @property
+    def changes(self) -> list[tuple]:
+        """Journal records of this room; a shard points every room at one list."""
+        return self._changes
+
+    @changes.setter
+    def changes(self, changes: list[tuple]) -> None:
+        self._changes = changes
+        for part in (self.numbering, self.nv, self.object_table):
+            part.changes = changes
+
+    @property
+    def counters(self) -> RoomCounters:
+        """Refusals and work; a shard shares one instance among its rooms."""
+        return self._counters
+
+    @counters.setter
+    def counters(self, counters: RoomCounters) -> None:
+        self._counters = counters
+        self.nv.counters = counters
+        self.object_table.counters = counters
+
+    # The parts' state, readable (and for numbering, settable) through the
+    # room as before the split: ShardState and the tests look at it.
+
+    @property
+    def devices(self) -> dict[str, Device]:
+        return self.numbering.devices
+
+    @property
+    def numbers(self) -> dict[int, str]:
+        return self.numbering.numbers
+
+    @numbers.setter
+    def numbers(self, numbers: dict[int, str]) -> None:
+        self.numbering.numbers = numbers
+
+    @property
+    def next_client_no(self) -> int:
+        return self.numbering.next_client_no
+
+    @next_client_no.setter
+    def next_client_no(self, value: int) -> None:
+        self.numbering.next_client_no = value
+
+    @property
+    def globals(self) -> dict[str, Var]:
+        return self.nv.globals
+
+    @property
+    def client_vars(self) -> dict[str, dict[str, Var]]:
+        return self.nv.client_vars
+
+    @property
+    def write_seq(self) -> int:
+        return self.nv.write_seq
+
+    @property
+    def pending_globals(self) -> dict[str, tuple[str, int]]:
+        return self.nv.pending_globals
+
+    @property
+    def pending_client(self) -> dict[tuple[int, str], tuple[str, int]]:
+        return self.nv.pending_client
+
+    @property
+    def last_flush_wait(self) -> float | None:
+        return self.nv.last_flush_wait
+
+    @property
+    def objects(self) -> dict[int, RoomObject]:
+        return self.object_table.objects
+
+    @property
+    def objects_dirty(self) -> bool:
+        return self.object_table.dirty
 
     def restore(self, snapshot: Any, now: float) -> None:
         """Reload durable state journalled by an earlier process (lazy, on first touch).
@@ -188,64 +183,31 @@ class Room:
         Devices count as seen now: their expiry clock restarts, which errs on
         the side of keeping numbers stable.
         """
-        for device_id, client_no in snapshot.devices.items():
-            self.devices[device_id] = Device(client_no, now)
-            self.numbers[client_no] = device_id
-        self.next_client_no = max(snapshot.next_client_no, self.next_client_no)
-        self.write_seq = snapshot.write_seq
-        for name, (value, writer, seq) in snapshot.globals.items():
-            self.globals[name] = Var(value, writer, seq)
-        for device_id, variables in snapshot.client_vars.items():
-            self.client_vars[device_id] = {
-                name: Var(value, writer, seq) for name, (value, writer, seq) in variables.items()
-            }
-        for object_id, owner in snapshot.objects.items():
-            self.objects[object_id] = RoomObject(owner=owner)
-        for object_id, (pose_bytes, pose_seq) in getattr(snapshot, "object_poses", {}).items():
-            obj = self.objects.setdefault(object_id, RoomObject())
-            obj.pose_bytes, obj.pose_seq, obj.pose_time = pose_bytes, pose_seq, now
-            self.objects_dirty = True
+        self.numbering.restore(snapshot.devices, snapshot.next_client_no, now)
+        self.nv.restore(snapshot.write_seq, snapshot.globals, snapshot.client_vars)
+        self.object_table.restore(snapshot.objects, getattr(snapshot, "object_poses", {}), now)
         # Members of a crashed shard come back as they were (minus poses,
         # which clients resend at once); the silent ones time out as usual.
         for device_id, (identity, stealth) in getattr(snapshot, "members", {}).items():
-            device = self.devices.get(device_id)
-            if device is None:
+            client_no = self.numbering.number_of(device_id)
+            if client_no is None:
                 continue
-            self.members[device_id] = Member(device_id, device.client_no, identity, None, now, stealth)
+            self.members[device_id] = Member(device_id, client_no, identity, None, now, stealth)
         if self.members:
             self.empty_since = None
             self.mapping_dirty = True
 
-    # ------------------------------------------------------------ identity
+    # ------------------------------------------------------------ membership
 
     def _control_identities(self) -> tuple[bytes, ...]:
         return tuple(m.control_identity for m in self.members.values() if m.control_identity)
 
-    def _assign_number(self, device_id: str, now: float) -> int | None:
-        device = self.devices.get(device_id)
-        if device is not None:
-            device.last_seen = now
-            return device.client_no
-        if self.next_client_no <= MAX_CLIENT_NO:
-            client_no = self.next_client_no
-            self.next_client_no += 1
-        else:
-            client_no = self._first_free_number()
-            if client_no is None:
-                log.error("room %r: no client number left for device %r", self.room_id, device_id)
-                return None
-        self.devices[device_id] = Device(client_no, now)
-        self.numbers[client_no] = device_id
-        self.changes.append(("device", self.room_id, device_id, client_no, self.next_client_no))
-        return client_no
-
-    def _first_free_number(self) -> int | None:
-        # Only reached after 65 535 assignments; numbers whose device expired
-        # are free again, lowest first (assignment order of the original counter).
-        for client_no in range(1, MAX_CLIENT_NO + 1):
-            if client_no not in self.numbers:
-                return client_no
-        return None
+    def _to_room(self, payloads: list[bytes]) -> list[Unicast]:
+        """Send each payload to every member with a control identity."""
+        if not payloads:
+            return []
+        recipients = self._control_identities()
+        return [(recipients, p) for p in payloads] if recipients else []
 
     def _touch_member(
         self,
@@ -260,9 +222,9 @@ class Room:
         member = self.members.get(device_id)
         if member is not None:
             member.last_update = now
-            self.devices[device_id].last_seen = now
+            self.numbering.touch(device_id, now)
             return member, False
-        client_no = self._assign_number(device_id, now)
+        client_no = self.numbering.assign(device_id, now)
         if client_no is None:
             return None, False
         member = Member(
@@ -285,38 +247,29 @@ class Room:
             ("member", self.room_id, member.device_id, member.control_identity, member.stealth)
         )
 
+    def _control_sender(self, identity: bytes, device_id: str, now: float) -> Member | None:
+        member, created = self._touch_member(device_id, now, control_identity=identity, stealth=False)
+        if member is None:
+            return None
+        if not created and member.control_identity != identity:
+            member.control_identity = identity
+            self._journal_member(member)
+            self.mapping_dirty = True
+        return member
+
     # ----------------------------------------------------------- snapshots
 
     def mapping_payload(self) -> bytes:
         return encode(DeviceIdMapping(self.settings.server_version, self._mapping_entries()))
 
     def _mapping_entries(self) -> tuple[MappingEntry, ...]:
-        # Client-number assignment order == order of self.numbers insertion for
-        # numbers given by the counter; reused numbers go to the end naturally.
-        order = {no: i for i, no in enumerate(self.numbers)}
+        # Members in client-number assignment order; reused numbers go to the end.
+        order = self.numbering.assignment_order()
         members = sorted(self.members.values(), key=lambda m: order.get(m.client_no, 0))
         return tuple(MappingEntry(m.client_no, m.stealth, m.device_id) for m in members)
 
-    def _var_entries(self, variables: dict[str, Var]) -> tuple[VarEntry, ...]:
-        return tuple(VarEntry(name, var.value, var.last_writer) for name, var in variables.items())
-
     def full_nv_payloads(self) -> list[bytes]:
-        payloads = []
-        if self.globals:
-            payloads.append(encode(GlobalVarSync(self._var_entries(self.globals))))
-        clients = tuple(
-            ClientVars(client_no, self._var_entries(self.client_vars.get(device_id, {})))
-            for client_no, device_id in self.numbers.items()
-        )
-        if clients:
-            payloads.append(encode(ClientVarSync(clients)))
-        return payloads
-
-    def _object_snapshot(self) -> list[bytes]:
-        return [
-            encode(OwnershipChanged(object_id, obj.owner, 0))
-            for object_id, obj in self.objects.items()
-        ]
+        return self.nv.full_sync_payloads()
 
     # ------------------------------------------------------------- control
 
@@ -334,7 +287,7 @@ class Room:
         if created:
             out.append((to_client, self.mapping_payload()))
             out.extend((to_client, p) for p in self.full_nv_payloads())
-            out.extend((to_client, p) for p in self._object_snapshot())
+            out.extend((to_client, p) for p in self.object_table.snapshot_payloads())
         elif member.control_identity != identity:
             had_identity = member.control_identity is not None
             member.control_identity = identity
@@ -342,7 +295,7 @@ class Room:
             out.append((to_client, self.mapping_payload()))
             out.extend((to_client, p) for p in self.full_nv_payloads())
             if not had_identity:
-                out.extend((to_client, p) for p in self._object_snapshot())
+                out.extend((to_client, p) for p in self.object_table.snapshot_payloads())
             self.mapping_dirty = True
         if stealth_changed and not created:
             self._journal_member(member)
@@ -351,16 +304,6 @@ class Room:
         if stealth:
             self.pose_dirty = True
         return out
-
-    def _control_sender(self, identity: bytes, device_id: str, now: float) -> Member | None:
-        member, created = self._touch_member(device_id, now, control_identity=identity, stealth=False)
-        if member is None:
-            return None
-        if not created and member.control_identity != identity:
-            member.control_identity = identity
-            self._journal_member(member)
-            self.mapping_dirty = True
-        return member
 
     def on_rpc(self, identity: bytes, rpc: Rpc, now: float) -> list[Unicast]:
         sender = self._control_sender(identity, rpc.device_id, now)
@@ -381,55 +324,12 @@ class Room:
         self.counters.rpc_fanout += len(recipients)
         return [(recipients, payload)] if recipients else []
 
-    def _count_nv_write(self, now: float) -> None:
-        if now - self._nv_window_start >= self.settings.nv_monitor_window_size:
-            self._nv_window_start = now
-            self._nv_window_count = 0
-            self._nv_warned = False
-        self._nv_window_count += 1
-        if self._nv_window_count > self.settings.nv_monitor_threshold and not self._nv_warned:
-            self._nv_warned = True
-            log.warning(
-                "room %r: %d NV writes within %.1fs (threshold %d)",
-                self.room_id,
-                self._nv_window_count,
-                self.settings.nv_monitor_window_size,
-                self.settings.nv_monitor_threshold,
-            )
-
-    def _clean_name_value(self, name: str, value: str) -> tuple[str, str] | None:
-        name = truncate_text(name, self.settings.max_var_name_length)
-        value = truncate_text(value, self.settings.max_var_value_length)
-        if not name:
-            return None
-        if not name_fits_wire(name):
-            self.counters.nv_writes_refused += 1
-            log.warning("room %r: variable name over 255 UTF-8 bytes refused", self.room_id)
-            return None
-        return name, value
-
     def on_global_var_set(
         self, identity: bytes, device_id: str, name: str, value: str, now: float
     ) -> list[Unicast]:
         sender = self._control_sender(identity, device_id, now)
-        if sender is None:
-            return []
-        cleaned = self._clean_name_value(name, value)
-        if cleaned is None:
-            return []
-        name, value = cleaned
-        if (
-            name not in self.globals
-            and name not in self.pending_globals
-            and len(self.globals.keys() | self.pending_globals.keys()) >= self.settings.max_global_vars
-        ):
-            self.counters.nv_writes_refused += 1
-            log.warning("room %r: global variable limit reached, %r refused", self.room_id, name)
-            return []
-        self._count_nv_write(now)
-        if self.pending_since is None:
-            self.pending_since = now
-        self.pending_globals[name] = (value, sender.client_no)
+        if sender is not None:
+            self.nv.buffer_global(name, value, sender.client_no, now)
         return []
 
     def on_client_var_set(
@@ -442,55 +342,15 @@ class Room:
         now: float,
     ) -> list[Unicast]:
         sender = self._control_sender(identity, device_id, now)
-        if sender is None:
-            return []
-        cleaned = self._clean_name_value(name, value)
-        if cleaned is None:
-            return []
-        name, value = cleaned
-        target_device = self.numbers.get(target_client_no)
-        if target_device is None:
-            self.counters.nv_writes_refused += 1
-            log.warning("room %r: client variable for unmapped client %d", self.room_id, target_client_no)
-            return []
-        stored = self.client_vars.get(target_device, {})
-        if name not in stored and (target_client_no, name) not in self.pending_client:
-            pending_names = {n for (no, n) in self.pending_client if no == target_client_no}
-            if len(stored.keys() | pending_names) >= self.settings.max_client_vars:
-                self.counters.nv_writes_refused += 1
-                log.warning("room %r: client variable limit reached for %d", self.room_id, target_client_no)
-                return []
-        self._count_nv_write(now)
-        if self.pending_since is None:
-            self.pending_since = now
-        self.pending_client[(target_client_no, name)] = (value, sender.client_no)
+        if sender is not None:
+            self.nv.buffer_client(target_client_no, name, value, sender.client_no, now)
         return []
 
     def on_client_var_clear(self, identity: bytes, device_id: str, now: float) -> list[Unicast]:
         sender = self._control_sender(identity, device_id, now)
         if sender is None:
             return []
-        self._delete_client_vars(device_id, sender.client_no, None)
-        payload = encode(ClientVarSync((ClientVars(sender.client_no, ()),)))
-        recipients = self._control_identities()
-        return [(recipients, payload)] if recipients else []
-
-    def _delete_client_vars(self, device_id: str, client_no: int | None, name: str | None) -> int:
-        stored = self.client_vars.get(device_id)
-        removed = 0
-        if stored:
-            if name is None:
-                removed = len(stored)
-                del self.client_vars[device_id]
-            elif name in stored:
-                del stored[name]
-                removed = 1
-        if client_no is not None:
-            for key in [k for k in self.pending_client if k[0] == client_no and (name is None or k[1] == name)]:
-                del self.pending_client[key]
-        if removed:
-            self.changes.append(("client_var_del", self.room_id, device_id, name))
-        return removed
+        return self._to_room([self.nv.clear_client(device_id, sender.client_no)])
 
     def on_ownership_request(
         self, identity: bytes, device_id: str, operation: int, object_id: int, now: float
@@ -498,37 +358,10 @@ class Room:
         sender = self._control_sender(identity, device_id, now)
         if sender is None or object_id == 0:
             return []
-        obj = self.objects.get(object_id)
-        if obj is None:
-            if self._object_limit_reached():
-                return []
-            obj = self.objects[object_id] = RoomObject()
-            self.changes.append(("object", self.room_id, object_id, 0))
-        if operation == OWNERSHIP_OP_REQUEST:
-            return self._set_owner(object_id, obj, sender.client_no)
-        if operation == OWNERSHIP_OP_RELEASE:
-            if obj.owner == sender.client_no:
-                return self._set_owner(object_id, obj, 0)
-            payload = encode(OwnershipRejected(object_id, obj.owner, OWNERSHIP_REJECT_NOT_OWNER))
-            return [((identity,), payload)]
-        return []
-
-    def _object_limit_reached(self) -> bool:
-        if len(self.objects) < self.settings.max_objects_per_room:
-            return False
-        self.counters.objects_refused += 1
-        log.warning("room %r: object limit (%d) reached", self.room_id, self.settings.max_objects_per_room)
-        return True
-
-    def _set_owner(self, object_id: int, obj: RoomObject, new_owner: int) -> list[Unicast]:
-        previous = obj.owner
-        obj.owner = new_owner
-        self.changes.append(("object", self.room_id, object_id, new_owner))
-        if obj.pose_bytes is not None:
-            self.objects_dirty = True
-        recipients = self._control_identities()
-        payload = encode(OwnershipChanged(object_id, new_owner, previous))
-        return [(recipients, payload)] if recipients else []
+        to_room, to_sender = self.object_table.ownership_request(operation, object_id, sender.client_no)
+        if to_sender is not None:
+            return [((identity,), to_sender)]
+        return self._to_room([to_room] if to_room is not None else [])
 
     # ----------------------------------------------------------- transform
 
@@ -562,88 +395,20 @@ class Room:
             # Object poses need membership (not W5): a stranger gets no number.
             self.counters.object_poses_refused += 1
             return []
-        out: list[Unicast] = []
-        obj = self.objects.get(object_id)
-        if obj is None:
-            if self._object_limit_reached():
-                return []
-            obj = self.objects[object_id] = RoomObject()
-            out = self._set_owner(object_id, obj, member.client_no)
-        elif obj.owner != member.client_no:
-            return []
-        obj.pose_bytes = pose_bytes
-        obj.pose_seq = pose_seq
-        obj.pose_time = now
-        self.objects_dirty = True
-        self._unsaved_poses.add(object_id)
-        return out
+        claimed = self.object_table.pose(object_id, member.client_no, pose_seq, pose_bytes, now)
+        return self._to_room([claimed] if claimed is not None else [])
 
     # --------------------------------------------------------------- timers
 
     def flush_nv(self, now: float) -> list[Unicast]:
         """Apply buffered writes and return the delta syncs (BEHAVIOR §10.2)."""
-        self.last_nv_flush = now
-        # How long the oldest buffered write waited: the NV set -> sync latency.
-        self.last_flush_wait = None if self.pending_since is None else now - self.pending_since
-        self.pending_since = None
-        out: list[Unicast] = []
-        changed_globals: list[VarEntry] = []
-        for name, (value, writer) in self.pending_globals.items():
-            if self._apply_global(name, value, writer):
-                changed_globals.append(VarEntry(name, value, writer))
-        self.pending_globals.clear()
-        changed_clients: dict[int, None] = {}
-        for (target_no, name), (value, writer) in self.pending_client.items():
-            device_id = self.numbers.get(target_no)
-            if device_id is not None and self._apply_client_var(device_id, name, value, writer):
-                changed_clients[target_no] = None
-        self.pending_client.clear()
-        recipients = self._control_identities()
-        if not recipients:
-            return out
-        if changed_globals:
-            out.append((recipients, encode(GlobalVarSync(tuple(changed_globals)))))
-        if changed_clients:
-            out.append((recipients, self._client_sync_payload(changed_clients)))
-        return out
-
-    def _client_sync_payload(self, client_nos: Any) -> bytes:
-        clients = tuple(
-            ClientVars(no, self._var_entries(self.client_vars.get(self.numbers[no], {})))
-            for no in client_nos
-        )
-        return encode(ClientVarSync(clients))
-
-    def _apply_global(self, name: str, value: str, writer: int) -> bool:
-        current = self.globals.get(name)
-        if current is not None and current.value == value:
-            return False
-        self.write_seq += 1
-        self.globals[name] = Var(value, writer, self.write_seq)
-        self.counters.nv_writes_applied += 1
-        self.changes.append(("global", self.room_id, name, value, writer, self.write_seq))
-        return True
-
-    def _apply_client_var(self, device_id: str, name: str, value: str, writer: int) -> bool:
-        stored = self.client_vars.setdefault(device_id, {})
-        current = stored.get(name)
-        if current is not None and current.value == value:
-            return False
-        self.write_seq += 1
-        stored[name] = Var(value, writer, self.write_seq)
-        self.counters.nv_writes_applied += 1
-        self.changes.append(("client_var", self.room_id, device_id, name, value, writer, self.write_seq))
-        return True
+        return self._to_room(self.nv.flush(now))
 
     def nv_flush_due(self, now: float) -> bool:
-        return bool(self.pending_globals or self.pending_client) and (
-            now - self.last_nv_flush >= self.settings.nv_flush_interval
-        )
+        return self.nv.flush_due(now)
 
     def next_nv_flush_at(self) -> float | None:
-        if not (self.pending_globals or self.pending_client):
-            return None
-        return self.last_nv_flush + self.settings.nv_flush_interval
+        return self.nv.next_flush_at()
 
     def mapping_due(self, now: float) -> bool:
         return (
@@ -660,8 +425,7 @@ class Room:
     def broadcast_mapping(self, now: float) -> list[Unicast]:
         self.mapping_dirty = False
         self.last_mapping_broadcast = now
-        recipients = self._control_identities()
-        return [(recipients, self.mapping_payload())] if recipients else []
+        return self._to_room([self.mapping_payload()])
 
     def sweep(self, now: float, *, expire_devices: bool = True) -> list[Unicast]:
         """Timeouts, device expiry and ownership releases (BEHAVIOR §6, §2)."""
@@ -670,10 +434,7 @@ class Room:
         for member in [m for m in self.members.values() if now - m.last_update > timeout]:
             out.extend(self.remove_member(member.device_id))
         if expire_devices:
-            expiry = self.settings.device_id_expiry_time
-            for device_id in [
-                d for d, dev in self.devices.items() if d not in self.members and now - dev.last_seen > expiry
-            ]:
+            for device_id in self.numbering.expired(now, self.settings.device_id_expiry_time, self.members):
                 self._expire_device(device_id)
         if not self.members and self.empty_since is None:
             self.empty_since = now
@@ -685,19 +446,11 @@ class Room:
         # The pose body leaves with the member (never tied to a bare number).
         self.pose_dirty = True
         self.mapping_dirty = True
-        out: list[Unicast] = []
-        for object_id, obj in self.objects.items():
-            if obj.owner == member.client_no:
-                out.extend(self._set_owner(object_id, obj, 0))
-        return out
+        return self._to_room(self.object_table.release_all(member.client_no))
 
     def _expire_device(self, device_id: str) -> None:
-        device = self.devices.pop(device_id)
-        self.numbers.pop(device.client_no, None)
-        self.client_vars.pop(device_id, None)
-        for key in [k for k in self.pending_client if k[0] == device.client_no]:
-            del self.pending_client[key]
-        self.changes.append(("device_expire", self.room_id, device_id))
+        client_no = self.numbering.expire(device_id)
+        self.nv.forget_device(device_id, client_no)
 
     def expired(self, now: float) -> bool:
         return (
@@ -714,7 +467,7 @@ class Room:
         since = now - self.last_pose_broadcast
         if since >= self.settings.idle_broadcast_interval:
             return True
-        return self.pose_dirty and since >= 1.0 / self.settings.transform_broadcast_rate - 1e-9
+        return self.pose_dirty and since >= self.settings.broadcast_period - 1e-9
 
     def build_room_pose(self, now: float) -> bytes:
         self.pose_dirty = False
@@ -730,110 +483,44 @@ class Room:
         return sum(1 for m in self.members.values() if not m.stealth)
 
     def room_objects_due(self, now: float) -> bool:
-        if not self.objects:
-            return False
-        since = now - self.last_objects_broadcast
-        if self.objects_dirty and since >= 1.0 / self.settings.transform_broadcast_rate - 1e-9:
-            return True
-        return since >= self.settings.object_idle_broadcast_interval
+        return self.object_table.broadcast_due(now)
 
     def build_room_objects(self, now: float) -> bytes | None:
-        self.objects_dirty = False
-        self.last_objects_broadcast = now
-        for object_id in self._unsaved_poses:
-            obj = self.objects.get(object_id)
-            if obj is not None and obj.pose_bytes is not None:
-                self.changes.append(("object_pose", self.room_id, object_id, obj.pose_bytes, obj.pose_seq))
-        self._unsaved_poses.clear()
-        posed = [
-            (object_id, obj.owner, obj.pose_seq, obj.pose_time, obj.pose_bytes)
-            for object_id, obj in self.objects.items()
-            if obj.pose_bytes is not None
-        ]
-        if not posed:
-            return None
-        return assemble_room_objects(now, posed)
+        return self.object_table.build_broadcast(now)
 
     # ----------------------------------------------------------------- REST
 
     def rest_client_number(self, device_id: str) -> int | None:
-        device = self.devices.get(device_id)
-        return device.client_no if device else None
-
-    def _check_rest_variables(self, variables: dict[str, str]) -> None:
-        for name, value in variables.items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise RestValidationError("names and values must be strings")
-            if not name or len(name) > self.settings.max_var_name_length or not name_fits_wire(name):
-                raise RestValidationError(
-                    f"variable name must be 1-{self.settings.max_var_name_length} characters"
-                    f" and at most {MAX_STR8_BYTES} UTF-8 bytes: {name[:80]!r}"
-                )
-            if len(value) > self.settings.max_var_value_length:
-                raise RestValidationError(
-                    f"value of {name!r} exceeds {self.settings.max_var_value_length} characters"
-                )
+        return self.numbering.number_of(device_id)
 
     def rest_set_client_vars(self, device_id: str, variables: dict[str, str], now: float) -> tuple[dict, list[Unicast]]:
-        self._check_rest_variables(variables)
-        stored = self.client_vars.get(device_id, {})
         client_no = self.rest_client_number(device_id)
-        pending = {n for (no, n) in self.pending_client if no == client_no} if client_no is not None else set()
-        existing = set(stored) | pending
-        if len(existing | set(variables)) > self.settings.max_client_vars:
-            raise NvLimitError(
-                f"Too many client variables (> {self.settings.max_client_vars}) for device {device_id}"
-            )
-        changed = False
-        for name, value in variables.items():
-            if client_no is not None:
-                self.pending_client.pop((client_no, name), None)
-            changed |= self._apply_client_var(device_id, name, value, 0)
+        changed = self.nv.rest_set_client_vars(device_id, client_no, variables)
         state = "applied" if client_no is not None else "queued"
         result = {name: {"state": state} for name in variables}
         out: list[Unicast] = []
         if client_no is not None and changed:
-            recipients = self._control_identities()
-            if recipients:
-                out.append((recipients, self._client_sync_payload([client_no])))
+            out = self._to_room([self.nv.client_sync_payload([client_no])])
         return {"clientNo": client_no, "result": result}, out
 
     def rest_get_client_vars(self, device_id: str) -> dict:
-        stored = self.client_vars.get(device_id, {})
-        return {
-            "clientNo": self.rest_client_number(device_id),
-            "variables": {name: var.value for name, var in stored.items()},
-        }
+        return {"clientNo": self.rest_client_number(device_id), "variables": self.nv.client_values(device_id)}
 
     def rest_delete_client_vars(self, device_id: str, name: str | None) -> tuple[dict, list[Unicast]]:
         client_no = self.rest_client_number(device_id)
-        removed = self._delete_client_vars(device_id, client_no, name)
+        removed = self.nv.delete_client_vars(device_id, client_no, name)
         out: list[Unicast] = []
         if client_no is not None and removed:
-            recipients = self._control_identities()
-            if recipients:
-                out.append((recipients, self._client_sync_payload([client_no])))
+            out = self._to_room([self.nv.client_sync_payload([client_no])])
         return {"clientNo": client_no, "deletedCount": removed}, out
 
     def rest_set_globals(self, variables: dict[str, str]) -> tuple[dict, list[Unicast]]:
-        self._check_rest_variables(variables)
-        existing = set(self.globals) | set(self.pending_globals)
-        if len(existing | set(variables)) > self.settings.max_global_vars:
-            raise NvLimitError(f"Too many global variables (> {self.settings.max_global_vars}) for room")
-        changed: list[VarEntry] = []
-        for name, value in variables.items():
-            # Arrival order decides: this write supersedes buffered live writes.
-            self.pending_globals.pop(name, None)
-            if self._apply_global(name, value, 0):
-                changed.append(VarEntry(name, value, 0))
-        out: list[Unicast] = []
-        recipients = self._control_identities()
-        if changed and recipients:
-            out.append((recipients, encode(GlobalVarSync(tuple(changed)))))
+        changed = self.nv.rest_set_globals(variables)
+        out = self._to_room([self.nv.global_sync_payload(changed)] if changed else [])
         return {"result": {name: {"state": "applied"} for name in variables}}, out
 
     def rest_get_globals(self) -> dict:
-        return {"variables": {name: var.value for name, var in self.globals.items()}}
+        return {"variables": self.nv.global_values()}
 
     # ------------------------------------------------------------- status
 
@@ -843,6 +530,6 @@ class Room:
             "members": len(self.members),
             "visible": len(self.members) - stealth,
             "stealth": stealth,
-            "devices": len(self.devices),
-            "objects": len(self.objects),
+            "devices": len(self.numbering.devices),
+            "objects": len(self.object_table.objects),
         }

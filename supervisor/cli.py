@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 
-from relay.config import ConfigError, add_config_arguments, resolve_config
+from relay.config import ConfigError
 from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
 from relay.status import read_status
+from supervisor.cli_args import add_config_arguments, config_from_args
 
 log = logging.getLogger("relay.cli")
 
@@ -221,7 +222,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_start(args: argparse.Namespace) -> int:
     try:
-        config = resolve_config(args)
+        config = config_from_args(args)
     except ConfigError as exc:
         print("invalid configuration:\n" + str(exc), file=sys.stderr)
         return 2

@@ -1,4 +1,11 @@
-"""Configuration resolution (relay/config.py) and logging setup (relay/logs.py)."""
+"""Configuration resolution (relay/config.py).
+
+Most cases go through the real flags (``supervisor/cli_args.py``) so that
+every layer is exercised as an operator meets it; the command-line parsing on
+its own is tested in tests/test_cli_args.py. Kept as one file (~600 lines)
+because every case checks one contract, the value resolve_config returns;
+most of its length is the table of validation rules.
+"""
 
 from __future__ import annotations
 
@@ -15,12 +22,11 @@ import pytest
 from relay.config import (
     ConfigError,
     RelayConfig,
-    add_config_arguments,
     config_from_mapping,
     parse_server_version,
     resolve_config,
 )
-from relay.logs import setup_logging, shutdown_logging
+from supervisor.cli_args import add_config_arguments, config_from_args
 
 
 def _parse(*argv: str) -> argparse.Namespace:
@@ -30,7 +36,7 @@ def _parse(*argv: str) -> argparse.Namespace:
 
 
 def _resolve(*argv: str, env: dict[str, str] | None = None) -> RelayConfig:
-    return resolve_config(_parse(*argv), environ=env or {})
+    return config_from_args(_parse(*argv), environ=env or {})
 
 
 def _toml(tmp_path: Path, text: str, name: str = "relay.toml") -> str:
@@ -150,7 +156,7 @@ def test_config_file_from_env_variable(tmp_path: Path) -> None:
 
 def test_environ_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELAY_SERVER_NAME", "from-os-env")
-    assert resolve_config(_parse()).server_name == "from-os-env"
+    assert config_from_args(_parse()).server_name == "from-os-env"
 
 
 # ---------------------------------------------------------------------------
@@ -524,67 +530,6 @@ def test_config_error_is_value_error() -> None:
 
 
 # ---------------------------------------------------------------------------
-# command line flags
-
-
-def test_every_flag_parses() -> None:
-    ns = _parse(
-        "--config", "x.toml", "--no-server-discovery", "--control-port", "1",
-        "--dealer-port", "2", "--transform-port", "3", "--pub-port", "4",
-        "--server-discovery-port", "5", "--rest-api-port", "6", "--log-dir", "d",
-        "--log-rotation", "r", "--log-retention", "t", "--log-json-console",
-        "--log-level-console", "DEBUG", "--shards", "7", "--host", "h", "--run-dir", "rd",
-        "--data-dir", "dd", "--metrics-port", "8", "--rest-host", "rh", "--rest-token", "tk",
-        "--server-name", "sn", "--server-version", "1.2.3",
-        "--transform-budget-bytes-per-sec", "9",
-    )  # fmt: skip
-    assert ns.config == "x.toml"
-    assert ns.enable_server_discovery is False
-    assert (ns.control_port, ns.dealer_port, ns.transform_port, ns.pub_port) == (1, 2, 3, 4)
-    assert (ns.server_discovery_port, ns.rest_api_port, ns.metrics_port) == (5, 6, 8)
-    assert (ns.log_dir, ns.log_rotation, ns.log_retention) == ("d", "r", "t")
-    assert ns.log_json_console is True and ns.log_level_console == "DEBUG"
-    assert (ns.shards, ns.host, ns.run_dir, ns.data_dir) == (7, "h", "rd", "dd")
-    assert (ns.rest_host, ns.rest_token, ns.server_name) == ("rh", "tk", "sn")
-    assert ns.server_version == "1.2.3" and ns.transform_budget_bytes_per_sec == 9
-
-
-def test_unset_flags_are_none() -> None:
-    ns = _parse()
-    for key, value in vars(ns).items():
-        assert value is None, key
-
-
-def test_flags_reach_the_config() -> None:
-    c = _resolve(
-        "--no-server-discovery", "--log-json", "--shards", "3", "--run-dir", "/tmp/r",
-        "--server-version", "0.18.0", "--rest-token", "abc", "--log-dir", "/tmp/l",
-    )  # fmt: skip
-    assert c.enable_server_discovery is False
-    assert c.log_json_console is True
-    assert (c.shards, c.run_dir, c.server_version, c.rest_token, c.log_dir) == (
-        3, "/tmp/r", "0.18.0", "abc", "/tmp/l",
-    )  # fmt: skip
-
-
-def test_cli_false_beats_env_true() -> None:
-    # store_const False must count as "given", not be mistaken for "unset".
-    c = _resolve("--no-server-discovery", env={"RELAY_ENABLE_SERVER_DISCOVERY": "true"})
-    assert c.enable_server_discovery is False
-
-
-def test_cli_does_not_reset_env_booleans_when_absent() -> None:
-    c = _resolve(env={"RELAY_ENABLE_SERVER_DISCOVERY": "false", "RELAY_LOG_JSON_CONSOLE": "1"})
-    assert c.enable_server_discovery is False and c.log_json_console is True
-
-
-def test_resolve_accepts_foreign_namespace() -> None:
-    # The lead's CLI may build its own Namespace with other attributes.
-    ns = argparse.Namespace(command="start", shards=2, verbose=True)
-    assert resolve_config(ns, environ={}).shards == 2
-
-
-# ---------------------------------------------------------------------------
 # round trip
 
 
@@ -644,115 +589,33 @@ def test_server_version_tuple_property() -> None:
 
 
 # ---------------------------------------------------------------------------
-# relay/logs.py
+# the command-line layer as a plain mapping (how relay.config receives it)
 
 
-@pytest.fixture
-def clean_logging() -> Any:
-    root = logging.getLogger()
-    level = root.level
-    yield
-    shutdown_logging()
-    root.setLevel(level)
+def test_cli_mapping_beats_env_and_file(tmp_path: Path) -> None:
+    path = _toml(tmp_path, "pub_port = 6000\nrest_api_port = 6100\n")
+    c = resolve_config({"pub_port": 6002}, {"RELAY_PUB_PORT": "6001"}, path)
+    assert (c.pub_port, c.rest_api_port) == (6002, 6100)
 
 
-@pytest.mark.usefixtures("clean_logging")
-def test_text_lines_carry_child_prefix(capsys: pytest.CaptureFixture[str]) -> None:
-    log = setup_logging("shard-0", level="INFO")
-    log.info("hello %s", "world")
-    log.debug("hidden")
-    logging.getLogger("relay.other").warning("from elsewhere")
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2
-    assert all("[shard-0]" in line for line in lines)
-    assert "INFO" in lines[0] and lines[0].endswith("hello world")
-    assert "WARNING" in lines[1] and "relay.other" in lines[1]
+def test_cli_mapping_defaults_to_nothing() -> None:
+    assert resolve_config(environ={}) == RelayConfig()
 
 
-@pytest.mark.usefixtures("clean_logging")
-def test_text_traceback_lines_keep_prefix(capsys: pytest.CaptureFixture[str]) -> None:
-    log = setup_logging("ingress")
-    try:
-        raise RuntimeError("boom")
-    except RuntimeError:
-        log.exception("failed")
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) > 2
-    assert all("[ingress]" in line for line in lines)
-    assert any("RuntimeError: boom" in line for line in lines)
+def test_cli_mapping_dealer_alias_loses_to_control_port() -> None:
+    c = resolve_config({"dealer_port": 6500, "control_port": 6501}, {})
+    assert (c.control_port, c.transform_port) == (6501, 6503)
 
 
-@pytest.mark.usefixtures("clean_logging")
-def test_json_lines_parse(capsys: pytest.CaptureFixture[str]) -> None:
-    log = setup_logging("proxy", level="debug", json_lines=True)
-    log.debug("multi\nline", extra={"room": "r1", "count": 3, "obj": object()})
-    log.warning("second")
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 2
-    first, second = (json.loads(line) for line in lines)
-    assert first["msg"] == "multi\nline"
-    assert first["level"] == "DEBUG" and first["child"] == "proxy"
-    assert first["logger"] == log.name
-    assert first["room"] == "r1" and first["count"] == 3
-    assert first["obj"].startswith("<object")
-    assert first["ts"].endswith("Z") and "T" in first["ts"]
-    assert second["level"] == "WARNING" and "room" not in second
+def test_cli_mapping_unknown_key_and_bad_type_are_errors() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config({"contorl_port": 1, "shards": "two"}, {})
+    errors = info.value.errors
+    assert len(errors) == 2 and all(e.startswith("command line:") for e in errors)
 
 
-@pytest.mark.usefixtures("clean_logging")
-def test_json_exception_field(capsys: pytest.CaptureFixture[str]) -> None:
-    log = setup_logging("rest", json_lines=True)
-    try:
-        raise KeyError("k")
-    except KeyError:
-        log.exception("oops")
-    (line,) = capsys.readouterr().err.splitlines()
-    event = json.loads(line)
-    assert "KeyError" in event["exc"]
-
-
-@pytest.mark.usefixtures("clean_logging")
-def test_file_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    log_dir = tmp_path / "logs" / "nested"
-    log = setup_logging("shard-2", level="INFO", log_dir=str(log_dir))
-    log.info("to file", extra={"room": "abc"})
-    shutdown_logging()  # flushes and closes the file
-    path = log_dir / "netsync-relay-shard-2.log"
-    lines = path.read_text(encoding="utf-8").splitlines()
-    assert len(lines) == 1
-    event = json.loads(lines[0])
-    assert event["msg"] == "to file" and event["child"] == "shard-2" and event["room"] == "abc"
-    # The console stays in text mode.
-    assert "[shard-2]" in capsys.readouterr().err
-
-
-@pytest.mark.usefixtures("clean_logging")
-def test_setup_is_idempotent(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    setup_logging("supervisor", log_dir=str(tmp_path))
-    log = setup_logging("supervisor", log_dir=str(tmp_path))
-    root = logging.getLogger()
-    ours = [h for h in root.handlers if getattr(h, "_netsync_relay_handler", False)]
-    assert len(ours) == 2  # one console + one file, not doubled
-    log.info("once")
-    assert capsys.readouterr().err.count("once") == 1
-
-
-@pytest.mark.usefixtures("clean_logging")
-def test_resetup_relabels_and_keeps_foreign_handlers(capsys: pytest.CaptureFixture[str]) -> None:
-    foreign = logging.NullHandler()
-    root = logging.getLogger()
-    root.addHandler(foreign)
-    try:
-        setup_logging("supervisor")
-        log = setup_logging("shard-1")
-        log.info("relabelled")
-        err = capsys.readouterr().err
-        assert "[shard-1]" in err and "[supervisor]" not in err
-        assert foreign in root.handlers
-    finally:
-        root.removeHandler(foreign)
-
-
-def test_bad_level_rejected() -> None:
-    with pytest.raises(ValueError):
-        setup_logging("x", level="LOUD")
+def test_config_file_argument_beats_the_env_variable(tmp_path: Path) -> None:
+    env_file = _toml(tmp_path, "pub_port = 6000\n")
+    arg_file = _toml(tmp_path, "pub_port = 6003\n", name="arg.toml")
+    assert resolve_config(None, {"RELAY_CONFIG": env_file}, arg_file).pub_port == 6003
+    assert resolve_config(None, {"RELAY_CONFIG": env_file}).pub_port == 6000

@@ -1,4 +1,4 @@
-"""The shard's durable store (shard_worker/journal.py): SQLite in WAL mode."""
+"""The shard's durable store (shard_worker/store/sqlite_store.py): SQLite in WAL mode."""
 
 from __future__ import annotations
 

@@ -36,15 +36,13 @@ from relay.protocol import (
     decode_pose_body,
     encode,
     encode_pose_body,
-    from_fields,
-    msg_type_of,
     split_client_pose,
     split_object_pose,
-    to_fields,
 )
 from relay.protocol.messages import CONTROL_LANE_TYPES, TRANSFORM_LANE_TYPES
 
 from . import strategies as S
+from .vector_form import from_fields, msg_type_of, to_fields
 
 lanes = st.sampled_from([Lane.CONTROL, Lane.TRANSFORM])
 valid_payloads = S.messages.map(encode)

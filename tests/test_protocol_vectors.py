@@ -14,11 +14,9 @@ from relay.protocol import (
     decode,
     decode_client_frames,
     encode,
-    from_fields,
-    to_fields,
 )
 from relay.protocol.messages import GlobalVarSet
-from relay.protocol.quantize import (
+from tests.quantize import (
     i24_from_le,
     i24_le,
     quantize_i16,
@@ -26,6 +24,7 @@ from relay.protocol.quantize import (
     quat_compress,
     quat_decompress,
 )
+from tests.vector_form import from_fields, to_fields
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = Path(

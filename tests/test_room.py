@@ -3,6 +3,13 @@
 Every handler returns control unicasts ``(identities, payload)``; the tests
 decode each payload with the real codec and compare whole messages, so a test
 fails on any wrong field, recipient or order.
+
+One file although long: it is the executable form of BEHAVIOR §1–§11 for the
+``Room`` contract (what each input sends to whom), sections in the spec's
+order, and the cases cross sections (a join sends numbers, variables and
+objects). The rules of the room's parts are unit-tested on their own in
+tests/test_numbering.py, tests/test_network_variables.py and
+tests/test_objects.py.
 """
 
 from __future__ import annotations

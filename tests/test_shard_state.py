@@ -1,6 +1,8 @@
 """All rooms of a shard (shard_worker/shard.py): decoding, dispatch, drops, timers, admin.
 
 Inputs are built with the real codec, outputs decoded with it; no sockets.
+One file (~720 lines) because it covers one class's contract, ``ShardState``,
+section by section; the admin section follows the REST bridge's operations.
 """
 
 from __future__ import annotations

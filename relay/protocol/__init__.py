@@ -63,7 +63,6 @@ from .messages import (
     Rpc,
     VarEntry,
 )
-from .vector_form import from_fields, msg_type_of, to_fields
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -120,10 +119,7 @@ __all__ = [
     "decode_pose_body",
     "encode",
     "encode_pose_body",
-    "from_fields",
-    "msg_type_of",
     "room_pose_header",
     "split_client_pose",
     "split_object_pose",
-    "to_fields",
 ]

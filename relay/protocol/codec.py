@@ -14,6 +14,10 @@ rejected.
 
 ``encode`` is the exact inverse and refuses anything ``decode`` would reject,
 so ``decode(encode(m)) == m`` holds for every message it accepts.
+
+One file (~770 lines) on purpose: it is one job, the byte layouts of the 19
+message types, and each type's decoder and encoder sit side by side with the
+shared primitives (strings, pose bodies) they must agree on.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Client-side quantisation helpers (PROTOCOL §5.3).
 
-The relay itself never quantises; test clients and the load generator use these
-to turn float poses into realistic wire values. Arithmetic is binary64 like the
+The relay itself never quantises (it relays pose bytes verbatim), so these
+live with the tests, which check them against the golden vectors; they are not
+installed (tests/test_packaging.py checks that). Arithmetic is binary64 like the
 reference (Unity uses binary32 and may differ by one step at exact halves).
 """
 

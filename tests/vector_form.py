@@ -1,8 +1,10 @@
 """Conversion between message dataclasses and the golden vectors' JSON ``fields``.
 
 The vectors use the camelCase names of PROTOCOL.md and plain JSON values (lists
-for sequences, null for absent pose blocks). These helpers let tests and tools
+for sequences, null for absent pose blocks). These helpers let the tests
 compare decoded messages with vector records and build messages from them.
+The relay never needs this rendering, so it lives with the tests and is not
+installed (tests/test_packaging.py checks that).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from . import errors as E
-from .errors import ProtocolError
-from .messages import (
+from relay.protocol import errors as E
+from relay.protocol.errors import ProtocolError
+from relay.protocol.messages import (
     ClientHello,
     ClientPose,
     ClientVarClear,

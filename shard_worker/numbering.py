@@ -1,0 +1,118 @@
+"""Client numbers of one room: device id <-> client number (BEHAVIOR §2).
+
+The rules, all here:
+
+- a device gets the room's next number the first time it is seen, counting
+  from 1 in arrival order; 0 is never given (it means "nobody");
+- it keeps that number for as long as the mapping lives, member or not;
+- a mapping expires once its device has been unseen for the expiry time
+  (the caller decides when to sweep and which devices are still members);
+- numbers are not reused while the counter is at most 65 535; after that a
+  new device takes the lowest number whose device expired, and if there is
+  none it cannot join (W13: logged, not crashed).
+
+Assignment order is the insertion order of ``numbers``: mapping broadcasts
+list members in that order, and the journal keeps it (``assign_seq``).
+
+Durable changes are appended to ``changes`` as the journal's record tuples
+(``shard_worker/store/base.py``): ``device`` on assignment, ``device_expire`` on
+expiry.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Container, Mapping
+from dataclasses import dataclass
+
+__all__ = ["MAX_CLIENT_NO", "ClientNumbering", "Device"]
+
+log = logging.getLogger(__name__)
+
+MAX_CLIENT_NO = 65535
+
+
+@dataclass(slots=True)
+class Device:
+    """A device's number in this room; outlives membership until it expires."""
+
+    client_no: int
+    last_seen: float
+
+
+class ClientNumbering:
+    def __init__(self, room_id: str, changes: list[tuple]) -> None:
+        self.room_id = room_id
+        self.changes = changes
+        self.devices: dict[str, Device] = {}
+        # client number -> device id, in assignment order
+        self.numbers: dict[int, str] = {}
+        self.next_client_no = 1
+
+    def number_of(self, device_id: str) -> int | None:
+        device = self.devices.get(device_id)
+        return device.client_no if device is not None else None
+
+    def device_of(self, client_no: int) -> str | None:
+        return self.numbers.get(client_no)
+
+    def assign(self, device_id: str, now: float) -> int | None:
+        """The device's number (a new one on first sight), or None when none is left."""
+        device = self.devices.get(device_id)
+        if device is not None:
+            device.last_seen = now
+            return device.client_no
+        if self.next_client_no <= MAX_CLIENT_NO:
+            client_no = self.next_client_no
+            self.next_client_no += 1
+        else:
+            client_no = self._first_free_number()
+            if client_no is None:
+                log.error("room %r: no client number left for device %r", self.room_id, device_id)
+                return None
+        self.devices[device_id] = Device(client_no, now)
+        self.numbers[client_no] = device_id
+        self.changes.append(("device", self.room_id, device_id, client_no, self.next_client_no))
+        return client_no
+
+    def _first_free_number(self) -> int | None:
+        # Only reached after 65 535 assignments; numbers whose device expired
+        # are free again, lowest first (assignment order of the original counter).
+        for client_no in range(1, MAX_CLIENT_NO + 1):
+            if client_no not in self.numbers:
+                return client_no
+        return None
+
+    def touch(self, device_id: str, now: float) -> None:
+        """The device was heard from: its expiry clock restarts."""
+        self.devices[device_id].last_seen = now
+
+    def assignment_order(self) -> dict[int, int]:
+        """client number -> position in assignment order (reused numbers go last)."""
+        return {no: i for i, no in enumerate(self.numbers)}
+
+    def expired(self, now: float, expiry: float, members: Container[str]) -> list[str]:
+        """Devices unseen for longer than ``expiry`` that are not current members."""
+        return [
+            device_id
+            for device_id, device in self.devices.items()
+            if device_id not in members and now - device.last_seen > expiry
+        ]
+
+    def expire(self, device_id: str) -> int:
+        """Forget the device's mapping; returns the number it held (now free)."""
+        device = self.devices.pop(device_id)
+        self.numbers.pop(device.client_no, None)
+        self.changes.append(("device_expire", self.room_id, device_id))
+        return device.client_no
+
+    def restore(self, devices: Mapping[str, int], next_client_no: int, now: float) -> None:
+        """Reload journalled mappings, given in assignment order.
+
+        Devices count as seen now: their expiry clock restarts, which errs on
+        the side of keeping numbers stable.
+        """
+        for device_id, client_no in devices.items():
+            self.devices[device_id] = Device(client_no, now)
+            self.numbers[client_no] = device_id
+        self.next_client_no = max(next_client_no, self.next_client_no)
