@@ -28,24 +28,3 @@ def shard_for_room(room_id: bytes, shard_count: int) -> int:
         if weight > best_weight:
             best_shard, best_weight = shard_id, weight
     return best_shard
-
-
-class ShardRouter:
-    """Caches placements so the ingress hot loop pays one dict lookup per message."""
-
-    __slots__ = ("_cache", "_max_entries", "shard_count")
-
-    def __init__(self, shard_count: int, max_entries: int = 100_000) -> None:
-        self.shard_count = shard_count
-        self._cache: dict[bytes, int] = {}
-        self._max_entries = max_entries
-
-    def route(self, room_id: bytes) -> int:
-        shard = self._cache.get(room_id)
-        if shard is None:
-            shard = shard_for_room(room_id, self.shard_count)
-            if len(self._cache) >= self._max_entries:
-                # Bounded: a flood of distinct room ids must not grow memory forever.
-                self._cache.clear()
-            self._cache[room_id] = shard
-        return shard
