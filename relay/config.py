@@ -177,6 +177,11 @@ class RelayConfig:
     membership_ttl: float = 3.0
     # Change records a shard buffers while the shared store is unreachable.
     store_buffer_max_records: int = 200_000
+    # Node links (cluster mode): base of the inter-node ports on the advertise
+    # address (egress, cluster XSUB, then per shard: control inlet,
+    # transform inlet, admin), and the CURVE key pair every member shares.
+    cluster_port: int = 7500
+    cluster_key_file: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field (all values are scalars)."""
@@ -440,6 +445,7 @@ def config_from_mapping(values: Mapping[str, Any]) -> RelayConfig:
 # validation
 
 _PORT_KEYS = (
+    "cluster_port",
     "control_port",
     "transform_port",
     "pub_port",
@@ -599,6 +605,13 @@ def _validate(c: RelayConfig) -> list[str]:
         errors.append(
             f"node_id must be 1-64 letters, digits, '.', '_' or '-', got {c.node_id!r}"
         )
+    if c.store and not c.cluster_key_file:
+        errors.append(
+            "cluster_key_file is required with a shared store: node links accept members only "
+            "(create one with `relayctl keygen FILE` and give every node the same file)"
+        )
+    if c.cluster_port + 2 + 3 * c.shards > 65535:
+        errors.append(f"cluster_port {c.cluster_port} leaves no room for {c.shards} shards' ports")
     if math.isfinite(c.lease_ttl) and 0 < c.lease_ttl < 1.0:
         errors.append(f"lease_ttl must be at least 1 s (renewed every third of it), got {c.lease_ttl}")
     return errors

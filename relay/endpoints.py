@@ -55,3 +55,28 @@ class NodeEndpoints:
 
 def tcp_bind(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
+
+
+def cluster_endpoints(host: str, base_port: int, shards: int) -> dict[str, str]:
+    """The node-link endpoints a node registers, on its advertise address.
+
+    ``base``: the ingress's cluster egress (remote shards' unicasts for this
+    node's clients); ``base + 1``: the proxy's cluster XSUB (remote shards'
+    broadcasts); then per shard k: its control inlet, transform inlet and
+    admin socket at ``base + 2 + 3k`` .. ``+ 2``.
+    """
+    ep = {"egress": tcp_bind(host, base_port), "xsub": tcp_bind(host, base_port + 1)}
+    for k in range(shards):
+        port = base_port + 2 + 3 * k
+        ep[f"shard-{k}-in0"] = tcp_bind(host, port)
+        ep[f"shard-{k}-in1"] = tcp_bind(host, port + 1)
+        ep[f"shard-{k}-admin"] = tcp_bind(host, port + 2)
+    return ep
+
+
+def inlet_key(shard: int, lane: int) -> str:
+    return f"shard-{shard}-in{lane}"
+
+
+def admin_key(shard: int) -> str:
+    return f"shard-{shard}-admin"

@@ -73,9 +73,11 @@ class Arbiter:
         self.started_wall = time.time()
         self.extra_children: list[tuple[str, Callable[..., None], tuple]] = []
         self.metrics_server: Any = None
+        from relay.endpoints import cluster_endpoints
         from supervisor.cluster_agent import ClusterAgent
 
-        self.cluster = ClusterAgent(config, self.run_dir, endpoints={})
+        links = cluster_endpoints(config.advertise_host, config.cluster_port, config.shards) if config.store else {}
+        self.cluster = ClusterAgent(config, self.run_dir, endpoints=links)
 
     # ------------------------------------------------------------ signals
 

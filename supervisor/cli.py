@@ -46,7 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
         else:
             cmd.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for exit")
+    keygen = sub.add_parser("keygen", help="write a new cluster key pair file (CURVE)")
+    keygen.add_argument("file", help="where to write it (mode 0600); give every node a copy")
     return parser
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from relay.cluster.link_security import generate_key_file
+
+    if os.path.exists(args.file):
+        print(f"relayctl: {args.file} exists; not overwriting a cluster key", file=sys.stderr)
+        return 1
+    keys = generate_key_file(args.file)
+    print(f"wrote {args.file} (public key {keys.public.decode()})")
+    return 0
 
 
 def find_run_dir(args: argparse.Namespace) -> str | None:
@@ -239,7 +252,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command]
+    handler = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop, "keygen": cmd_keygen}[args.command]
     return handler(args)
 
 

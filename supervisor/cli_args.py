@@ -76,6 +76,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(g, "store", "URL", "redis://host:port/db: rooms and membership in a shared Valkey/Redis (cluster)")
     _flag(g, "node_id", "ID", "this node's id in the cluster (default: host name)")
     _flag(g, "advertise_host", "ADDR", "address other nodes reach this node on", flag="--advertise")
+    _flag(g, "cluster_port", "PORT", "first of the node-link ports on the advertise address (default 7500)")
+    _flag(g, "cluster_key_file", "FILE", "the cluster's CURVE key pair (relayctl keygen FILE)")
     _flag(g, "rest_host", "ADDR", "REST bridge bind address")
     _flag(g, "rest_token", "TOKEN", "REST bearer token")
     _flag(g, "server_name", "NAME", "name in discovery")

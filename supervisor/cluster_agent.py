@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from relay.cluster.membership import Membership, NodeIdConflict
+from relay.cluster.membership import Membership, NodeIdConflict, node_number
 from relay.cluster.view import ClusterView, NodeInfo, local_view
 from relay.cluster.view_file import write_view
 from relay.config import RelayConfig
@@ -47,6 +47,7 @@ class ClusterAgent:
         self.shared = bool(config.store)
         self.endpoints = endpoints
         self.epoch = int(time.time() * 1000)
+        self.number = 0
         self.view: ClusterView = local_view(self.node_id, config.shards, self.epoch)
         self.degraded = False
         self.detail = ""
@@ -67,11 +68,12 @@ class ClusterAgent:
             return
         try:
             self.epoch = self._server_epoch()
+            self.number = node_number(self.client, self.node_id)
         except redis.RedisError as exc:
             self._degrade(f"store unreachable at start: {exc}")
             self._publish()
             return
-        info = NodeInfo(self.node_id, self.config.shards, self.epoch, self.endpoints)
+        info = NodeInfo(self.node_id, self.config.shards, self.epoch, self.number, self.endpoints)
         self.membership = Membership(self.client, info, ttl=self.config.membership_ttl)
         deadline = time.monotonic() + self.config.membership_ttl + 1.5
         while True:
@@ -108,7 +110,8 @@ class ClusterAgent:
             if self.membership is None:
                 # The store was unreachable at start: register now.
                 self.epoch = self._server_epoch()
-                info = NodeInfo(self.node_id, self.config.shards, self.epoch, self.endpoints)
+                self.number = node_number(self.client, self.node_id)
+                info = NodeInfo(self.node_id, self.config.shards, self.epoch, self.number, self.endpoints)
                 self.membership = Membership(self.client, info, ttl=self.config.membership_ttl)
             view = self.membership.refresh()
         except NodeIdConflict as exc:
@@ -137,7 +140,7 @@ class ClusterAgent:
             self._publish()
 
     def _publish(self) -> None:
-        write_view(self.run_dir, self.node_id, self.epoch, self.view,
+        write_view(self.run_dir, self.node_id, self.epoch, self.number, self.view,
                    store_degraded=self.degraded, detail=self.detail)
 
     # ----------------------------------------------------------------- stop
@@ -157,6 +160,7 @@ class ClusterAgent:
         return {
             "node_id": self.node_id,
             "epoch": self.epoch,
+            "number": self.number,
             "store": "shared" if self.shared else "embedded",
             "store_degraded": self.degraded,
             "detail": self.detail,

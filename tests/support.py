@@ -60,6 +60,41 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
+def free_port_block(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive TCP ports free on ``host`` right now."""
+    import random
+
+    for _ in range(200):
+        base = random.randint(20_000, 60_000 - count)
+        holders = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                holders.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in holders:
+                sock.close()
+        return base
+    raise RuntimeError(f"no block of {count} free ports")
+
+
+_CLUSTER_KEY: dict[str, str] = {}
+
+
+def cluster_key_file() -> str:
+    """One cluster key pair for every node a test run starts (same cluster)."""
+    if "path" not in _CLUSTER_KEY:
+        from relay.cluster.link_security import generate_key_file
+
+        path = os.path.join(tempfile.mkdtemp(prefix="relay-test-key-"), "cluster.key")
+        generate_key_file(path)
+        _CLUSTER_KEY["path"] = path
+    return _CLUSTER_KEY["path"]
+
+
 def write_config(directory: Any, **values: Any) -> str:
     """A TOML config file with flat keys, as `--config FILE` takes."""
     lines = []
@@ -130,6 +165,7 @@ class RelayNode:
         self.proc: subprocess.Popen | None = None
         if self.store is None:
             self.store = DEFAULT_STORE["url"]
+        self.cluster_port = free_port_block(2 + 3 * self.shards, self.host) if self.store else 0
 
     @property
     def args(self) -> list[str]:
@@ -155,7 +191,9 @@ class RelayNode:
             self.data_dir,
         ]
         if self.store:
-            args += ["--store", self.store]
+            args += ["--store", self.store, "--advertise", self.host, "--cluster-port", str(self.cluster_port)]
+            if "--cluster-key-file" not in self.extra_args:
+                args += ["--cluster-key-file", cluster_key_file()]
         if self.node_id:
             args += ["--node-id", self.node_id]
         if self.discovery:

@@ -157,7 +157,7 @@ def valkey_private():
 
 def test_membership_join_leave_expiry_and_generation(valkey) -> None:
     client = redis.Redis.from_url(valkey.fresh_db_url())
-    a = Membership(client, NodeInfo("a", 2, 1, {"inlet": "tcp://127.0.0.2:1"}), ttl=1.0)
+    a = Membership(client, NodeInfo("a", 2, 1, 1, {"inlet": "tcp://127.0.0.2:1"}), ttl=1.0)
     b = Membership(client, NodeInfo("b", 4, 1), ttl=1.0)
     v1 = a.refresh()
     assert [n.node_id for n in v1.nodes] == ["a"]

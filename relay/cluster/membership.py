@@ -21,7 +21,7 @@ import redis
 
 from relay.cluster.view import ClusterView, NodeInfo
 
-__all__ = ["Membership", "NodeIdConflict"]
+__all__ = ["Membership", "NodeIdConflict", "node_number"]
 
 # KEYS: nodes zset, generation counter.
 # ARGV: node key prefix, node id, registration JSON, ttl ms, epoch, leaving.
@@ -62,6 +62,24 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+
+
+# KEYS: node number map, counter. ARGV: node id. -> the node id's number (1-based, stable).
+_NUMBER = """
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+if n then return tonumber(n) end
+n = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], n)
+return n
+"""
+
+
+def node_number(r: redis.Redis, node_id: str, prefix: str = "nsr:") -> int:
+    """The small number that tags this node's client identities (stable per node id)."""
+    number = int(r.eval(_NUMBER, 2, prefix + "nodenums", prefix + "nodenum:ctr", node_id))
+    if not 0 < number < 65536:
+        raise ValueError(f"node number {number} out of range: too many node ids in this cluster")
+    return number
 
 
 class NodeIdConflict(Exception):

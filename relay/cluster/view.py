@@ -23,17 +23,19 @@ class NodeInfo:
     shards: int
     # start of this node incarnation (store time, ms): a restarted node is a new epoch
     epoch: int = 0
+    # small number unique to the node id in this cluster: tags its clients' routing ids
+    number: int = 0
     # what other nodes need to reach it (cluster inlet, egress, shard PUBs)
     endpoints: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         return {"node_id": self.node_id, "shards": self.shards, "epoch": self.epoch,
-                "endpoints": self.endpoints}
+                "number": self.number, "endpoints": self.endpoints}
 
     @classmethod
     def from_dict(cls, data: dict) -> NodeInfo:
         return cls(str(data["node_id"]), int(data["shards"]), int(data.get("epoch", 0)),
-                   dict(data.get("endpoints", {})))
+                   int(data.get("number", 0)), dict(data.get("endpoints", {})))
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,12 @@ class ClusterView:
     def epochs(self) -> dict[str, int]:
         return {n.node_id: n.epoch for n in self.nodes}
 
+    def by_number(self, number: int) -> NodeInfo | None:
+        for info in self.nodes:
+            if info.number == number:
+                return info
+        return None
+
     def to_bytes(self) -> bytes:
         return orjson.dumps({"generation": self.generation, "nodes": [n.to_dict() for n in self.nodes]})
 
@@ -60,6 +68,6 @@ class ClusterView:
         return cls(int(data["generation"]), nodes)
 
 
-def local_view(node_id: str, shards: int, epoch: int = 0) -> ClusterView:
+def local_view(node_id: str, shards: int, epoch: int = 0, number: int = 0) -> ClusterView:
     """The view of a node that shares no store: itself, all rooms local."""
-    return ClusterView(0, (NodeInfo(node_id, shards, epoch),))
+    return ClusterView(0, (NodeInfo(node_id, shards, epoch, number),))

@@ -23,10 +23,11 @@ def view_path(run_dir: str) -> str:
     return os.path.join(run_dir, "view.json")
 
 
-def write_view(run_dir: str, node_id: str, epoch: int, view: ClusterView, *, store_degraded: bool,
-               detail: str = "") -> None:
+def write_view(run_dir: str, node_id: str, epoch: int, number: int, view: ClusterView, *,
+               store_degraded: bool, detail: str = "") -> None:
     data = orjson.loads(view.to_bytes())
-    data.update({"local": {"node_id": node_id, "epoch": epoch}, "store_degraded": store_degraded,
+    data.update({"local": {"node_id": node_id, "epoch": epoch, "number": number},
+                 "store_degraded": store_degraded,
                  "detail": detail, "written_at": time.time()})
     write_status(view_path(run_dir), data)
 
@@ -41,6 +42,7 @@ class ViewFile:
         self._next_check = 0.0
         self.node_id = ""
         self.epoch = 0
+        self.number = 0
         self.store_degraded = False
         self.view: ClusterView | None = None
         self._load()
@@ -61,6 +63,7 @@ class ViewFile:
         self._mtime = mtime
         self.node_id = str(data["local"]["node_id"])
         self.epoch = int(data["local"]["epoch"])
+        self.number = int(data["local"].get("number", 0))
         self.store_degraded = bool(data.get("store_degraded", False))
         changed = view != self.view
         self.view = view
