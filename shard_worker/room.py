@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config import RelayConfig
+from relay.logs import RateLimitedLog
 from relay.protocol import encode
 from relay.protocol.fastpath import assemble_room_objects, assemble_room_pose, room_pose_header
 from relay.protocol.messages import (
@@ -42,6 +43,9 @@ from relay.protocol.messages import (
 )
 
 log = logging.getLogger(__name__)
+# Refusals happen once per client message: a client repeating a refused write
+# must cost a few log lines, not one per message (the shard flushes the counts).
+limited_log = RateLimitedLog(log)
 
 MAX_CLIENT_NO = 65535
 MAX_STR8_BYTES = 255
@@ -225,7 +229,7 @@ class Room:
         else:
             client_no = self._first_free_number()
             if client_no is None:
-                log.error("room %r: no client number left for device %r", self.room_id, device_id)
+                limited_log.error("numbers_exhausted", "room %r: no client number left for device %r", self.room_id, device_id)
                 return None
         self.devices[device_id] = Device(client_no, now)
         self.numbers[client_no] = device_id
@@ -382,7 +386,8 @@ class Room:
         self._nv_window_count += 1
         if self._nv_window_count > self.settings.nv_monitor_threshold and not self._nv_warned:
             self._nv_warned = True
-            log.warning(
+            limited_log.warning(
+                "nv_rate_threshold",
                 "room %r: %d NV writes within %.1fs (threshold %d)",
                 self.room_id,
                 self._nv_window_count,
@@ -397,7 +402,7 @@ class Room:
             return None
         if not name_fits_wire(name):
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: variable name over 255 UTF-8 bytes refused", self.room_id)
+            limited_log.warning("nv_name_too_long", "room %r: variable name over 255 UTF-8 bytes refused", self.room_id)
             return None
         return name, value
 
@@ -417,7 +422,7 @@ class Room:
             and len(self.globals.keys() | self.pending_globals.keys()) >= self.settings.max_global_vars
         ):
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: global variable limit reached, %r refused", self.room_id, name)
+            limited_log.warning("nv_global_limit", "room %r: global variable limit reached, %r refused", self.room_id, name)
             return []
         self._count_nv_write(now)
         if self.pending_since is None:
@@ -444,14 +449,14 @@ class Room:
         target_device = self.numbers.get(target_client_no)
         if target_device is None:
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: client variable for unmapped client %d", self.room_id, target_client_no)
+            limited_log.warning("nv_unmapped_target", "room %r: client variable for unmapped client %d", self.room_id, target_client_no)
             return []
         stored = self.client_vars.get(target_device, {})
         if name not in stored and (target_client_no, name) not in self.pending_client:
             pending_names = {n for (no, n) in self.pending_client if no == target_client_no}
             if len(stored.keys() | pending_names) >= self.settings.max_client_vars:
                 self.counters.nv_writes_refused += 1
-                log.warning("room %r: client variable limit reached for %d", self.room_id, target_client_no)
+                limited_log.warning("nv_client_limit", "room %r: client variable limit reached for %d", self.room_id, target_client_no)
                 return []
         self._count_nv_write(now)
         if self.pending_since is None:
@@ -510,7 +515,7 @@ class Room:
         if len(self.objects) < self.settings.max_objects_per_room:
             return False
         self.counters.objects_refused += 1
-        log.warning("room %r: object limit (%d) reached", self.room_id, self.settings.max_objects_per_room)
+        limited_log.warning("object_limit", "room %r: object limit (%d) reached", self.room_id, self.settings.max_objects_per_room)
         return True
 
     def _set_owner(self, object_id: int, obj: RoomObject, new_owner: int) -> list[Unicast]:

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from relay.histogram import LatencyHistogram
+from relay.logs import RateLimitedLog
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
 from relay.protocol.fastpath import split_client_pose, split_object_pose
 from relay.protocol.messages import (
@@ -28,7 +29,14 @@ from relay.protocol.messages import (
     OwnershipRequest,
     Rpc,
 )
-from shard_worker.room import NvLimitError, RestValidationError, Room, RoomCounters, RoomSettings
+from shard_worker.room import (
+    NvLimitError,
+    RestValidationError,
+    Room,
+    RoomCounters,
+    RoomSettings,
+)
+from shard_worker.room import limited_log as room_log
 
 log = logging.getLogger(__name__)
 
@@ -37,27 +45,6 @@ BroadcastOut = tuple[bytes, bytes, int]
 
 _CLIENT_POSE = int(MsgType.CLIENT_POSE)
 _OBJECT_POSE = int(MsgType.OBJECT_POSE)
-
-
-class DropLog:
-    """Counts drops by reason; logs at most one line per reason per interval."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.counts: Counter[str] = Counter()
-        self._interval = interval
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def drop(self, reason: str, detail: str) -> None:
-        self.counts[reason] += 1
-        now = time.monotonic()
-        if now - self._last_logged.get(reason, -1e18) >= self._interval:
-            extra = self._suppressed.pop(reason, 0)
-            more = f" (+{extra} more since last report)" if extra else ""
-            log.warning("dropped message: %s: %s%s", reason, detail, more)
-            self._last_logged[reason] = now
-        else:
-            self._suppressed[reason] += 1
 
 
 class ShardState:
@@ -79,7 +66,10 @@ class ShardState:
         self.store = store
         self.rooms: dict[str, Room] = {}
         self.changes: list[tuple] = []
-        self.drops = DropLog()
+        # Drops by reason (exported as relay_drops_total) and their log lines,
+        # one per reason per interval; other per-event lines share the limiter.
+        self.drops = RateLimitedLog(log)
+        self.events = RateLimitedLog(log)
         self.messages_in: Counter[str] = Counter()
         self.cleanup_interval = cleanup_interval
         self.device_sweep_interval = device_sweep_interval
@@ -143,8 +133,7 @@ class ShardState:
             self.drops.drop(exc.reason, f"{str(exc)} (room {room_frame[:64]!r})")
             return []
         except Exception:  # a bug must cost one message, not the shard
-            self.drops.counts["handler_error"] += 1
-            log.exception("handler error for room %r", room_frame[:64])
+            self.drops.exception("handler_error", "handler error for room %r", room_frame[:64])
             return []
 
     def _handle_transform(
@@ -258,7 +247,7 @@ class ShardState:
                 self._timer_rooms.discard(room_id)
                 self.changes.append(("room_delete", room_id))
                 self.rooms_expired += 1
-                log.info("room %r expired after being empty", room_id)
+                self.events.info("room_expired", "room %r expired after being empty", room_id)
         return out
 
     def _broadcast_tick(self, now: float, ctrl_backlog: int) -> list[BroadcastOut]:
@@ -293,6 +282,11 @@ class ShardState:
                 if at is not None and at < deadline:
                     deadline = at
         return deadline
+
+    def flush_logs(self) -> None:
+        """Report the suppressed counts of every rate-limited log line of this shard."""
+        for limiter in (self.drops, self.events, room_log):
+            limiter.flush()
 
     def drain_changes(self) -> list[tuple]:
         if not self.changes:

@@ -222,7 +222,7 @@ class ShardWorker:
             except (orjson.JSONDecodeError, ValueError) as exc:
                 reply, unicasts = {"status": 400, "body": {"detail": f"bad admin request: {exc}"}}, []
             except Exception:  # one bad request must not take the shard down
-                log.exception("admin request failed: %r", body[:200])
+                self.state.events.exception("admin_error", "admin request failed: %r", body[:200])
                 reply, unicasts = {"status": 500, "body": {"detail": "internal error in shard"}}, []
             self._enqueue(unicasts, 0)
             # Journal before the reply: a 200 means the write is on disk.
@@ -283,6 +283,7 @@ class ShardWorker:
             log.warning("%s: %d control frames not delivered at shutdown", self.name, len(self.control))
 
     def _write_status(self) -> None:
+        self.state.flush_logs()
         status = self.state.stats()
         status.update(
             {
