@@ -20,7 +20,7 @@ import zmq
 
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
-from relay.frames import BatchError, iter_batch, unicast_frames
+from relay.frames import BatchError, batch_mark, credit_frame, iter_batch, unicast_frames
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
@@ -82,6 +82,10 @@ class ShardWorker:
         self.out_by_type: Counter[int] = Counter()
         self.broadcast_by_type: Counter[int] = Counter()
         self._next_status = now
+        # Per lane: (ingress epoch, messages, bytes) of the last batch read,
+        # and what was last reported back (the ingress's credit, frames.py).
+        self._read_marks: dict[int, tuple[int, int, int]] = {}
+        self._reported_marks: dict[int, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------- sockets
 
@@ -163,6 +167,8 @@ class ShardWorker:
         self._journal()
         self._send_control(drain_budget)
         self._send_broadcasts(now)
+        if self._read_marks != self._reported_marks:
+            self._send_credit()
         if self.heartbeat is not None:
             self.heartbeat.value = now
         if now >= self._next_status:
@@ -173,6 +179,7 @@ class ShardWorker:
         """Handle up to ``batch`` messages (whole ingress batches) from one lane."""
         recv = inbox.recv
         handle = self.state.handle
+        lane = Lane.CONTROL if inbox is self.control_inbox else Lane.TRANSFORM
         handled = 0
         while handled < batch:
             try:
@@ -180,6 +187,7 @@ class ShardWorker:
             except zmq.Again:
                 return
             try:
+                self._read_marks[lane] = batch_mark(frame)
                 for lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)
@@ -187,6 +195,19 @@ class ShardWorker:
                         self._enqueue(out, recv_ns)
             except BatchError as exc:
                 self.state.drops.drop("internal_frame", f"bad batch from ingress: {exc}")
+
+    def _send_credit(self) -> None:
+        """Tell the ingress how far each lane has been read (bounds its in-flight queue)."""
+        for lane, mark in self._read_marks.items():
+            if self._reported_marks.get(lane) == mark:
+                continue
+            epoch, messages, nbytes = mark
+            try:
+                self.egress.send(credit_frame(lane, self.index, epoch, messages, nbytes), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["egress_again"] += 1
+                return  # the egress is full; the next turn reports the newer totals
+            self._reported_marks[lane] = mark
 
     def _enqueue(self, unicasts: list, recv_ns: int) -> None:
         push = self.control.push
