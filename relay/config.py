@@ -124,6 +124,14 @@ class RelayConfig:
     # ids is refused and counted instead of eating memory.
     max_rooms_per_shard: int = 10_000
     max_objects_per_room: int = 10_000
+    # ZMQ_MAXMSGSIZE of every client-facing socket: a bigger frame makes
+    # libzmq disconnect the peer before buffering it. The largest legitimate
+    # v8 frame is an RPC whose argumentsJson fills its str16: 1 type + 2
+    # sender + 256 deviceId + 1 + 255 x 2 targets + 256 functionName + 2 +
+    # 65 535 = 66 563 bytes (a NV set is at most 66 054; a pose with 255
+    # virtual transforms 2 853; a 1024-character value is only 4 KiB). 256 KiB
+    # leaves about 4x room and caps what one frame can cost.
+    max_message_bytes: int = 262_144
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field (all values are scalars)."""
@@ -422,6 +430,7 @@ _POSITIVE_INT_KEYS = (
     "rest_max_body_bytes",
     "max_rooms_per_shard",
     "max_objects_per_room",
+    "max_message_bytes",
 )
 # Upper bounds imposed by wire field widths (PROTOCOL §5, §6): a larger
 # limit would admit values the codec cannot encode.
@@ -602,6 +611,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="X.Y.Z",
         help="release announced to clients (0.0.x disables Unity's check)",
+    )
+    g.add_argument(
+        "--max-message-bytes", type=int, default=None, metavar="BYTES",
+        help="largest frame a client may send; bigger ones disconnect it (default 262144)",
     )
     g.add_argument(
         "--transform-budget-bytes-per-sec",

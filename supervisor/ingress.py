@@ -9,9 +9,10 @@ DONTWAIT: a full recipient gets its own ordered, bounded retry queue
 counted.
 
 Every queue this process holds is bounded, and every overflow is counted
-under a drop reason: the in-flight messages and bytes to each shard are
-bounded by credit (``relay/frames.py``), and each slow recipient has an
-allowance.
+under a drop reason (README, "Bounds"): frames over ``max_message_bytes`` are
+refused by libzmq itself (the peer is disconnected before the frame is
+buffered), the in-flight messages and bytes to each shard are bounded by
+credit (``relay/frames.py``), and each slow recipient has an allowance.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ class Ingress:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.BACKLOG, 512)
             sock.setsockopt(zmq.RCVHWM, 10_000)
+            # libzmq checks each frame's announced size before buffering it
+            # and disconnects the peer: an oversized frame never costs memory
+            # here and never reaches a batch.
+            sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.control.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)
         self.control.bind(tcp_bind(cfg.host, cfg.control_port))

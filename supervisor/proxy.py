@@ -48,6 +48,8 @@ def run_proxy(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
     xpub.setsockopt(zmq.BACKLOG, 512)
     xpub.setsockopt(zmq.SNDHWM, CLIENT_SNDHWM)
     xpub.setsockopt(zmq.RCVHWM, CLIENT_RCVHWM)
+    # Subscriptions are client input too: an oversized one disconnects the peer.
+    xpub.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
     xpub.bind(tcp_bind(config.host, config.pub_port))
     control = ctx.socket(zmq.REP)
     control.setsockopt(zmq.LINGER, 0)
