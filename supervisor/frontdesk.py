@@ -28,7 +28,7 @@ from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
 from relay.status import write_status
 from supervisor.discovery import DiscoveryService
-from supervisor.rest_bridge import ShardClient, create_app
+from supervisor.rest_bridge import ShardClient, create_app, limited_log
 
 __all__ = ["run_frontdesk"]
 
@@ -112,6 +112,7 @@ async def _write_status(
     path: str, client: ShardClient, app: Any, discovery: asyncio.Task[DiscoveryService | None] | None
 ) -> None:
     while True:
+        limited_log.flush()
         service = discovery.result() if discovery is not None and discovery.done() else None
         status = {
             "pid": os.getpid(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -38,3 +39,18 @@ def test_refused_writes_cost_a_handful_of_log_lines_with_a_count() -> None:
             assert logged + suppressed == 2000, lines
         finally:
             client.close()
+
+
+def test_rest_failures_are_rate_limited_too(caplog: pytest.LogCaptureFixture) -> None:
+    from supervisor import rest_bridge
+    from tests.test_rest import make_client
+
+    client, fake = make_client()
+    fake.unavailable.update(range(4))
+    before = rest_bridge.limited_log.counts["shard_timeout"]
+    with client, caplog.at_level(logging.INFO, logger="relay.rest"):
+        for n in range(200):
+            assert client.get(f"/v1/rooms/r{n}/global-variables").status_code == 503
+    lines = [r for r in caplog.records if r.name == "relay.rest"]
+    assert len(lines) <= 1, [r.getMessage() for r in lines]
+    assert rest_bridge.limited_log.counts["shard_timeout"] - before == 200
