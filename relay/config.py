@@ -97,7 +97,7 @@ class RelayConfig:
     shards: int = field(default_factory=_default_shards)
     host: str = "0.0.0.0"
     run_dir: str = ""  # "" = the supervisor creates a fresh temporary directory
-    data_dir: str = "./data"
+    data_dir: str = "./data"  # "" = in memory only: nothing survives a restart
     metrics_port: int = 9100  # 0 = metrics endpoint disabled
     rest_host: str = "127.0.0.1"
     # Kept out of repr so logging the config never leaks the secret.
@@ -439,7 +439,7 @@ _WIRE_MAXIMA = {
     "max_var_name_length": 255,  # name is str8
     "max_var_value_length": 65535,  # value is str16
 }
-_NON_EMPTY_STR_KEYS = ("server_name", "host", "rest_host", "data_dir")
+_NON_EMPTY_STR_KEYS = ("server_name", "host", "rest_host")
 
 
 def _validate(c: RelayConfig) -> list[str]:
@@ -538,6 +538,8 @@ def _validate(c: RelayConfig) -> list[str]:
     for key in _NON_EMPTY_STR_KEYS:
         if not getattr(c, key).strip():
             errors.append(f"{key} must not be empty")
+    if c.data_dir and not c.data_dir.strip():
+        errors.append('data_dir must be a directory, or "" for a node that keeps state in memory only')
     return errors
 
 
@@ -599,7 +601,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--shards", type=int, default=None, metavar="N", help="shard processes")
     g.add_argument("--host", default=None, metavar="ADDR", help="bind address of client ports")
     g.add_argument("--run-dir", default=None, metavar="DIR", help="ipc endpoint directory")
-    g.add_argument("--data-dir", default=None, metavar="DIR", help="durable state directory")
+    g.add_argument(
+        "--data-dir", default=None, metavar="DIR", help='durable state directory ("" = in memory only)'
+    )
+    g.add_argument(
+        "--no-data-dir", dest="data_dir", action="store_const", const="", default=None,
+        help="keep room state in memory only (same as --data-dir '')",
+    )
     g.add_argument(
         "--metrics-port", type=int, default=None, metavar="PORT", help="0 disables /metrics"
     )

@@ -90,12 +90,20 @@ class ShardState:
         # Room frame -> validated room id: poses arrive at 10-60 Hz per client
         # and need not decode the same UTF-8 bytes every time.
         self._room_names: dict[bytes, str] = {}
+        # Running totals for stats(): only rooms touched since the last call
+        # are recounted, so a status write costs what changed, not O(rooms).
+        # Every path that can change a room's members, devices or objects
+        # reaches it through _room() or _cleanup(), which mark it here.
+        self._stats_dirty: set[str] = set()
+        self._room_stats: dict[str, tuple[int, int, int, int]] = {}
+        self._totals = [0, 0, 0, 0]  # members, stealth, devices, objects
 
     # --------------------------------------------------------------- rooms
 
     def _room(self, room_id: str, now: float, *, create: bool = True) -> Room | None:
         room = self.rooms.get(room_id)
         if room is not None:
+            self._stats_dirty.add(room_id)
             return room
         snapshot = self.store.load_room(room_id) if self.store is not None else None
         if snapshot is None and not create:
@@ -110,6 +118,7 @@ class ShardState:
             if room.mapping_dirty:
                 self._timer_rooms.add(room_id)
         self.rooms[room_id] = room
+        self._stats_dirty.add(room_id)
         return room
 
     # --------------------------------------------------------------- input
@@ -239,11 +248,15 @@ class ShardState:
     def _cleanup(self, now: float, expire_devices: bool) -> list[UnicastOut]:
         out: list[UnicastOut] = []
         for room_id, room in list(self.rooms.items()):
+            before = (len(room.members), len(room.devices))
             out.extend(self._tag(room, room.sweep(now, expire_devices=expire_devices)))
+            if (len(room.members), len(room.devices)) != before:
+                self._stats_dirty.add(room_id)
             if room.mapping_dirty or room.pending_globals or room.pending_client:
                 self._timer_rooms.add(room_id)
             if room.expired(now):
                 del self.rooms[room_id]
+                self._stats_dirty.add(room_id)
                 self._timer_rooms.discard(room_id)
                 self.changes.append(("room_delete", room_id))
                 self.rooms_expired += 1
@@ -341,17 +354,33 @@ class ShardState:
             return {"status": 400, "body": {"detail": f"malformed request: {exc}"}}, []
         return {"status": 400, "body": {"detail": f"unknown op {op!r}"}}, []
 
+    def _refresh_totals(self) -> list[int]:
+        totals = self._totals
+        cache = self._room_stats
+        for room_id in self._stats_dirty:
+            room = self.rooms.get(room_id)
+            if room is None:
+                new = (0, 0, 0, 0)
+            else:
+                counts = room.stats()
+                new = (counts["members"], counts["stealth"], counts["devices"], counts["objects"])
+            old = cache.pop(room_id, (0, 0, 0, 0))
+            if room is not None:
+                cache[room_id] = new
+            for i in range(4):
+                totals[i] += new[i] - old[i]
+        self._stats_dirty.clear()
+        return totals
+
     def stats(self) -> dict[str, Any]:
-        totals: Counter[str] = Counter()
-        for room in self.rooms.values():
-            totals.update(room.stats())
+        members, stealth, devices, objects = self._refresh_totals()
         return {
             "rooms": len(self.rooms),
-            "clients": totals["members"],
-            "visible": totals["visible"],
-            "stealth": totals["stealth"],
-            "devices": totals["devices"],
-            "objects": totals["objects"],
+            "clients": members,
+            "visible": members - stealth,
+            "stealth": stealth,
+            "devices": devices,
+            "objects": objects,
             "drops": dict(self.drops.counts),
             "messages_in": dict(self.messages_in),
             "skipped_ticks": self.skipped_ticks,

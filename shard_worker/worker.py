@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -50,9 +51,11 @@ class ShardWorker:
         now = time.monotonic()
         self.store = None
         if config.data_dir:
-            from shard_worker.journal import open_store
+            from shard_worker.journal import _BUSY_TIMEOUT_S, open_store
 
-            self.store = open_store(config.data_dir, shard_index)
+            # A lock wait must end before the heartbeat timeout would (journal.py).
+            busy = min(_BUSY_TIMEOUT_S, config.heartbeat_timeout / 3)
+            self.store = open_store(config.data_dir, shard_index, busy_timeout=busy)
         self.state = ShardState(
             RoomSettings.from_config(config),
             store=self.store,
@@ -328,12 +331,20 @@ def run_shard(config_dict: dict, shard_index: int, run_dir: str, heartbeat: Any 
     """Process entry point (spawned by the supervisor)."""
     config = RelayConfig.from_dict(config_dict)
     setup_logging(f"shard-{shard_index}", config.log_level_console, config.log_json_console, config.log_dir)
-    worker = ShardWorker(config, shard_index, run_dir, heartbeat)
+    from shard_worker.journal import StoreError
 
-    def handle_term(signum: int, frame: Any) -> None:
-        worker.stopping = True
+    try:
+        worker = ShardWorker(config, shard_index, run_dir, heartbeat)
 
-    signal.signal(signal.SIGTERM, handle_term)
-    # Ctrl-C reaches the whole process group; the supervisor decides the order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker.run()
+        def handle_term(signum: int, frame: Any) -> None:
+            worker.stopping = True
+
+        signal.signal(signal.SIGTERM, handle_term)
+        # Ctrl-C reaches the whole process group; the supervisor decides the order.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        worker.run()
+    except StoreError as exc:
+        # Serving on would announce changes that are not on disk; the
+        # supervisor restarts the shard (with backoff while this persists).
+        log.error("shard-%d: journal unusable, exiting: %s", shard_index, exc)
+        sys.exit(1)

@@ -303,6 +303,7 @@ class Arbiter:
     def preflight(self) -> bool:
         """Refuse to start on a data dir we cannot read: never a silent empty state."""
         if not self.config.data_dir:
+            log.warning("no data dir: room state is kept in memory only and lost when a shard restarts")
             return True
         from shard_worker.journal import StoreError, open_store
 
