@@ -99,9 +99,17 @@ class RelayConfig:
     run_dir: str = ""  # "" = the supervisor creates a fresh temporary directory
     data_dir: str = "./data"  # "" = in memory only: nothing survives a restart
     metrics_port: int = 9100  # 0 = metrics endpoint disabled
+    # Loopback unless configured: the endpoint has no authentication.
+    metrics_host: str = "127.0.0.1"
     rest_host: str = "127.0.0.1"
     # Kept out of repr so logging the config never leaks the secret.
     rest_token: str = field(default="", repr=False)
+    # A file holding the token (compose/Kubernetes secrets); used when
+    # rest_token is empty. REST beyond loopback needs one of the two.
+    rest_token_file: str = ""
+    # Comma-separated origins allowed by CORS; "*" = any origin (the
+    # reference's rule). Empty: no CORS headers at all.
+    rest_cors_origins: str = ""
     server_version: str = "0.17.5"
     # Per shard; 0 = unlimited. Cost = room pose bytes x room members, so this
     # is the fan-out bandwidth one shard may put on the wire (~480 Mbit/s).
@@ -439,7 +447,7 @@ _WIRE_MAXIMA = {
     "max_var_name_length": 255,  # name is str8
     "max_var_value_length": 65535,  # value is str16
 }
-_NON_EMPTY_STR_KEYS = ("server_name", "host", "rest_host")
+_NON_EMPTY_STR_KEYS = ("server_name", "host", "rest_host", "metrics_host")
 
 
 def _validate(c: RelayConfig) -> list[str]:
@@ -613,6 +621,12 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--rest-host", default=None, metavar="ADDR", help="REST bridge bind address")
     g.add_argument("--rest-token", default=None, metavar="TOKEN", help="REST bearer token")
+    g.add_argument("--rest-token-file", default=None, metavar="FILE", help="file holding the REST bearer token")
+    g.add_argument(
+        "--rest-cors-origins", default=None, metavar="LIST",
+        help="comma-separated origins allowed by CORS ('*' = any; default: none)",
+    )
+    g.add_argument("--metrics-host", default=None, metavar="ADDR", help="/metrics bind address (default 127.0.0.1)")
     g.add_argument("--server-name", default=None, metavar="NAME", help="name in discovery")
     g.add_argument(
         "--server-version",

@@ -352,10 +352,12 @@ class Arbiter:
         from supervisor.metrics_server import start_metrics_server
 
         try:
-            self.metrics_server = start_metrics_server(self.config.metrics_port, self.config.host, self.run_dir)
+            self.metrics_server = start_metrics_server(
+                self.config.metrics_port, self.config.metrics_host, self.run_dir
+            )
         except OSError as exc:
             log.error("metrics endpoint disabled: cannot bind %s:%d: %s",
-                      self.config.host, self.config.metrics_port, exc)
+                      self.config.metrics_host, self.config.metrics_port, exc)
 
     def remove_pointer(self) -> None:
         path = pointer_path(self.config.control_port)

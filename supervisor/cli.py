@@ -212,8 +212,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from supervisor.safety import secure_config
+
     try:
-        config = resolve_config(args)
+        config = secure_config(resolve_config(args))
     except ConfigError as exc:
         print("invalid configuration:\n" + str(exc), file=sys.stderr)
         return 2

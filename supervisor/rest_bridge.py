@@ -48,6 +48,7 @@ from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.hashing import shard_for_room
 from relay.logs import RateLimitedLog
+from supervisor.safety import cors_origins
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -771,15 +772,21 @@ def create_app(config: RelayConfig, shard_client: ShardRequester) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=config.rest_max_body_bytes)
     if config.rest_token:
         app.add_middleware(BearerAuthMiddleware, token=config.rest_token)
-    app.add_middleware(
-        CORSMiddleware,
-        # A regex (not "*") makes Starlette echo the caller's origin, which
-        # browsers require when credentials are allowed.
-        allow_origin_regex=".*",
-        allow_credentials=True,
-        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization"],
-        max_age=3600,
-    )
+    # CORS only for the origins an operator listed (rest_cors_origins): by
+    # default a browser page on another site cannot read any answer. "*"
+    # restores the reference's rule (any origin, with credentials).
+    origins = cors_origins(config)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            # A regex (not "*") makes Starlette echo the caller's origin, which
+            # browsers require when credentials are allowed.
+            allow_origin_regex=".*" if "*" in origins else None,
+            allow_origins=[] if "*" in origins else origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization"],
+            max_age=3600,
+        )
     return app
 
