@@ -808,10 +808,10 @@ def test_stalled_shard_gives_503_and_others_keep_working(
         assert response.status_code == 503
         assert response.json() == {"detail": "shard 1 did not answer within 1s"}
         assert 0.9 < elapsed < 2.0
-        # Other shards do not wait for the stalled one.
+        # Other shards do not wait for the stalled one (which would cost its 1 s timeout).
         started = time.monotonic()
         assert api.get(f"/v1/rooms/{healthy}/global-variables").status_code == 200
-        assert time.monotonic() - started < 0.5
+        assert time.monotonic() - started < 1.0
     finally:
         os.kill(pid, signal.SIGCONT)
     # The stalled request's late reply must not answer this GET (different shape).
