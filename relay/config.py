@@ -136,11 +136,19 @@ class RelayConfig:
     shards: int = field(default_factory=_default_shards)
     host: str = "0.0.0.0"
     run_dir: str = ""  # "" = the supervisor creates a fresh temporary directory
-    data_dir: str = "./data"
+    data_dir: str = "./data"  # "" = in memory only: nothing survives a restart
     metrics_port: int = 9100  # 0 = metrics endpoint disabled
+    # Loopback unless configured: the endpoint has no authentication.
+    metrics_host: str = "127.0.0.1"
     rest_host: str = "127.0.0.1"
     # Kept out of repr so logging the config never leaks the secret.
     rest_token: str = field(default="", repr=False)
+    # A file holding the token (compose/Kubernetes secrets); used when
+    # rest_token is empty. REST beyond loopback needs one of the two.
+    rest_token_file: str = ""
+    # Comma-separated origins allowed by CORS; "*" = any origin (the
+    # reference's rule). Empty: no CORS headers at all.
+    rest_cors_origins: str = ""
     server_version: str = "0.17.5"
     # Per shard; 0 = unlimited. Cost = room pose bytes x room members, so this
     # is the fan-out bandwidth one shard may put on the wire (~480 Mbit/s).
@@ -182,6 +190,14 @@ class RelayConfig:
     # transform inlet, admin), and the CURVE key pair every member shares.
     cluster_port: int = 7500
     cluster_key_file: str = ""
+    # ZMQ_MAXMSGSIZE of every client-facing socket: a bigger frame makes
+    # libzmq disconnect the peer before buffering it. The largest legitimate
+    # v8 frame is an RPC whose argumentsJson fills its str16: 1 type + 2
+    # sender + 256 deviceId + 1 + 255 x 2 targets + 256 functionName + 2 +
+    # 65 535 = 66 563 bytes (a NV set is at most 66 054; a pose with 255
+    # virtual transforms 2 853; a 1024-character value is only 4 KiB). 256 KiB
+    # leaves about 4x room and caps what one frame can cost.
+    max_message_bytes: int = 262_144
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of every field (all values are scalars)."""
@@ -489,6 +505,7 @@ _POSITIVE_INT_KEYS = (
     "rest_max_body_bytes",
     "max_rooms_per_shard",
     "max_objects_per_room",
+    "max_message_bytes",
 )
 # Upper bounds imposed by wire field widths (PROTOCOL §5, §6): a larger
 # limit would admit values the codec cannot encode.
@@ -497,7 +514,7 @@ _WIRE_MAXIMA = {
     "max_var_name_length": 255,  # name is str8
     "max_var_value_length": 65535,  # value is str16
 }
-_NON_EMPTY_STR_KEYS = ("server_name", "host", "rest_host", "data_dir")
+_NON_EMPTY_STR_KEYS = ("server_name", "host", "rest_host", "metrics_host")
 
 
 def _validate(c: RelayConfig) -> list[str]:
@@ -596,6 +613,8 @@ def _validate(c: RelayConfig) -> list[str]:
     for key in _NON_EMPTY_STR_KEYS:
         if not getattr(c, key).strip():
             errors.append(f"{key} must not be empty")
+    if c.data_dir and not c.data_dir.strip():
+        errors.append('data_dir must be a directory, or "" for a node that keeps state in memory only')
     if c.store and c.store.split("://", 1)[0] not in _STORE_SCHEMES:
         errors.append(
             f"store must be empty (SQLite in data_dir) or a {'/'.join(_STORE_SCHEMES)} URL, "

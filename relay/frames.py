@@ -13,6 +13,17 @@ The header carries the lane, the origin node (a seam for the planned cluster:
 the owner of a room sends unicasts back to the node whose ingress holds the
 client's connection) and the ingress receive time, so the ingress can observe
 control latency from receipt to the hand-over of the reply to its ROUTER.
+
+Credit: a ZeroMQ high-water mark counts frames, and a batch frame holds up to
+128 messages, so an HWM alone would bound the ingress->shard queue only at
+HWM x 128 messages of any size. Each batch header therefore carries the
+ingress's running totals (messages and bytes pushed on that lane to that
+shard, this batch included) and the ingress's epoch; the shard echoes the
+totals of the last batch it read back on the egress pipe as a one-frame
+CREDIT message. The ingress bounds ``pushed - echoed`` in messages and bytes.
+Batches a crashed shard never read are covered by the next echo (totals are
+cumulative), and echoes carrying another epoch (an earlier ingress) are
+ignored.
 """
 
 from __future__ import annotations
@@ -26,11 +37,39 @@ HEADER_SIZE = HEADER.size
 LOCAL_NODE = 0
 
 
-# Batch frame: BATCH_HEADER (lane, origin), then per message RECORD
-# (receive time ns, identity length, room length, payload length) followed by
-# the identity, room and payload bytes.
-BATCH_HEADER = struct.Struct("<BH")
+# Batch frame: BATCH_HEADER (lane, origin, ingress epoch, messages pushed,
+# bytes pushed -- running totals including this batch), then per message
+# RECORD (receive time ns, identity length, room length, payload length)
+# followed by the identity, room and payload bytes.
+BATCH_HEADER = struct.Struct("<BHIQQ")
 RECORD = struct.Struct("<qBBI")
+
+# shard -> ingress on the egress pipe, one frame: tag, lane, shard index,
+# ingress epoch, messages and bytes read (the totals of the last batch read).
+CREDIT = struct.Struct("<BBHIQQ")
+CREDIT_TAG = 0xFF
+# A credit frame must never be mistaken for a unicast header (and vice versa).
+assert CREDIT.size != struct.calcsize("<BHq")
+
+
+def batch_mark(frame: bytes) -> tuple[int, int, int]:
+    """(ingress epoch, messages pushed, bytes pushed) from a batch header."""
+    if len(frame) < BATCH_HEADER.size:
+        raise BatchError("short batch header")
+    _lane, _origin, epoch, messages, nbytes = BATCH_HEADER.unpack_from(frame, 0)
+    return epoch, messages, nbytes
+
+
+def credit_frame(lane: int, shard: int, epoch: int, messages: int, nbytes: int) -> bytes:
+    return CREDIT.pack(CREDIT_TAG, lane, shard, epoch, messages, nbytes)
+
+
+def parse_credit(frame: bytes) -> tuple[int, int, int, int, int] | None:
+    """(lane, shard, epoch, messages, bytes) of a credit frame, else None."""
+    if len(frame) != CREDIT.size or frame[0] != CREDIT_TAG:
+        return None
+    _tag, lane, shard, epoch, messages, nbytes = CREDIT.unpack(frame)
+    return lane, shard, epoch, messages, nbytes
 
 
 class BatchError(ValueError):
@@ -41,7 +80,7 @@ def iter_batch(frame: bytes):
     """Yield (lane, origin, recv_ns, identity, room, payload) for each record."""
     if len(frame) < BATCH_HEADER.size:
         raise BatchError("short batch header")
-    lane, origin = BATCH_HEADER.unpack_from(frame, 0)
+    lane, origin, _epoch, _messages, _nbytes = BATCH_HEADER.unpack_from(frame, 0)
     offset = BATCH_HEADER.size
     end = len(frame)
     unpack = RECORD.unpack_from
@@ -63,22 +102,36 @@ def iter_batch(frame: bytes):
 class BatchBuilder:
     """Accumulates records for one shard; ``take()`` returns the frame to send."""
 
-    __slots__ = ("_parts", "count", "_head")
+    __slots__ = ("_parts", "count", "nbytes", "lane", "origin")
 
     def __init__(self, lane: int, origin: int = LOCAL_NODE) -> None:
-        self._head = BATCH_HEADER.pack(lane, origin)
-        self._parts: list[bytes] = [self._head]
+        self.lane = lane
+        self.origin = origin
+        self._parts: list[bytes] = [b""]  # [0] becomes the header in take()
         self.count = 0
+        self.nbytes = 0
 
     def add(self, recv_ns: int, identity: bytes, room: bytes, payload: bytes) -> None:
         self._parts += (RECORD.pack(recv_ns, len(identity), len(room), len(payload)), identity, room, payload)
         self.count += 1
+        self.nbytes += RECORD.size + len(identity) + len(room) + len(payload)
 
-    def take(self) -> bytes:
+    def take(self, epoch: int = 0, messages_before: int = 0, bytes_before: int = 0) -> bytes:
+        """The batch frame; the header carries the totals including this batch."""
+        self._parts[0] = BATCH_HEADER.pack(
+            self.lane, self.origin, epoch, messages_before + self.count, bytes_before + self.nbytes
+        )
         frame = b"".join(self._parts)
-        self._parts = [self._head]
+        self._parts = [b""]
         self.count = 0
+        self.nbytes = 0
         return frame
+
+    def clear(self) -> None:
+        """Forget the records (a batch refused before it was built)."""
+        self._parts = [b""]
+        self.count = 0
+        self.nbytes = 0
 
 
 def unicast_frames(

@@ -76,7 +76,10 @@ Ingress:
 - ``relay_ingress_received_total{lane}`` counter: frames read from clients.
 - ``relay_unicast_total{result}`` counter: result=sent (handed to the ROUTER,
   retries included) or wouldblock (first attempt deferred to a retry queue).
-- ``relay_unicast_retry_recipients`` / ``relay_unicast_retry_queued`` gauges.
+- ``relay_unicast_retry_recipients`` / ``relay_unicast_retry_queued`` /
+  ``relay_unicast_retry_queued_bytes`` gauges: slow readers' queues.
+- ``relay_ingress_inflight_messages{lane,shard}`` / ``..._bytes`` gauges:
+  pushed to a shard and not yet read by it (bounded by credit).
 - ``relay_ingress_route_cache_rooms`` gauge.
 - ``relay_control_latency_seconds`` histogram: control message received by the
   ingress -> resulting unicast handed to the client ROUTER.
@@ -221,6 +224,13 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "relay_unicast_total": ("counter", "Unicast send attempts by result.", ("result",)),
     "relay_unicast_retry_recipients": ("gauge", "Recipients with a retry queue.", ()),
     "relay_unicast_retry_queued": ("gauge", "Unicasts waiting in retry queues.", ()),
+    "relay_unicast_retry_queued_bytes": ("gauge", "Bytes of unicasts waiting in retry queues.", ()),
+    "relay_ingress_inflight_messages": (
+        "gauge", "Messages pushed to a shard and not yet read by it.", ("lane", "shard"),
+    ),
+    "relay_ingress_inflight_bytes": (
+        "gauge", "Bytes pushed to a shard and not yet read by it.", ("lane", "shard"),
+    ),
     "relay_ingress_route_cache_rooms": ("gauge", "Rooms in the ingress route cache.", ()),
     "relay_control_latency_seconds": (
         "histogram", "Control message received -> unicast handed to the ROUTER.", (),
@@ -400,6 +410,11 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
 def _ingress_series(st: dict[str, Any], scrape: _Scrape) -> dict[SeriesKey, float]:
     scrape.set("relay_unicast_retry_recipients", (), st.get("retry_recipients"))
     scrape.set("relay_unicast_retry_queued", (), st.get("retry_queued"))
+    scrape.set("relay_unicast_retry_queued_bytes", (), st.get("retry_queued_bytes"))
+    for name, key in (("relay_ingress_inflight_messages", "inflight"), ("relay_ingress_inflight_bytes", "inflight_bytes")):
+        for lane, per_shard in (st.get(key) or {}).items():
+            for shard, value in enumerate(per_shard if isinstance(per_shard, list) else []):
+                scrape.set(name, (str(lane), str(shard)), value)
     scrape.set("relay_ingress_route_cache_rooms", (), st.get("route_cache"))
     counts = st.get("counts") or {}
     raw: dict[SeriesKey, float] = {}

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from relay.protocol import encode
 from relay.protocol.messages import ClientVars, ClientVarSync, GlobalVarSync, VarEntry
 from shard_worker.numbering import ClientNumbering
-from shard_worker.room_settings import RoomCounters, RoomSettings
+from shard_worker.room_settings import RoomCounters, RoomSettings, limited_log
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_STR8_BYTES",
@@ -45,7 +47,6 @@ __all__ = [
     "truncate_text",
 ]
 
-log = logging.getLogger(__name__)
 
 MAX_STR8_BYTES = 255
 
@@ -115,7 +116,7 @@ class NetworkVariables:
             return None  # silently, as the reference does
         if not name_fits_wire(name):
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: variable name over 255 UTF-8 bytes refused", self.room_id)
+            limited_log.warning("nv_name_too_long", "room %r: variable name over 255 UTF-8 bytes refused", self.room_id)
             return None
         return name, value
 
@@ -151,6 +152,7 @@ class NetworkVariables:
         self._window_count += 1
         if self._window_count > self.settings.nv_monitor_threshold and not self._warned:
             self._warned = True
+            # Already at most once per window per room: not a per-message line.
             log.warning(
                 "room %r: %d NV writes within %.1fs (threshold %d)",
                 self.room_id,
@@ -178,7 +180,7 @@ class NetworkVariables:
             and len(self._names(self.globals, self.pending_globals)) >= self.settings.max_global_vars
         ):
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: global variable limit reached, %r refused", self.room_id, name)
+            limited_log.warning("nv_global_limit", "room %r: global variable limit reached, %r refused", self.room_id, name)
             return False
         self._buffered(now)
         self.pending_globals[name] = (value, writer)
@@ -193,7 +195,7 @@ class NetworkVariables:
         target_device = self.numbering.device_of(target_client_no)
         if target_device is None:
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: client variable for unmapped client %d", self.room_id, target_client_no)
+            limited_log.warning("nv_unmapped_target", "room %r: client variable for unmapped client %d", self.room_id, target_client_no)
             return False
         stored = self.client_vars.get(target_device, {})
         if (
@@ -203,7 +205,7 @@ class NetworkVariables:
             >= self.settings.max_client_vars
         ):
             self.counters.nv_writes_refused += 1
-            log.warning("room %r: client variable limit reached for %d", self.room_id, target_client_no)
+            limited_log.warning("nv_client_limit", "room %r: client variable limit reached for %d", self.room_id, target_client_no)
             return False
         self._buffered(now)
         self.pending_client[(target_client_no, name)] = (value, writer)

@@ -21,13 +21,13 @@ expiry.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
+from shard_worker.room_settings import limited_log
+
 __all__ = ["MAX_CLIENT_NO", "ClientNumbering", "Device"]
 
-log = logging.getLogger(__name__)
 
 MAX_CLIENT_NO = 65535
 
@@ -68,7 +68,7 @@ class ClientNumbering:
         else:
             client_no = self._first_free_number()
             if client_no is None:
-                log.error("room %r: no client number left for device %r", self.room_id, device_id)
+                limited_log.error("numbers_exhausted", "room %r: no client number left for device %r", self.room_id, device_id)
                 return None
         self.devices[device_id] = Device(client_no, now)
         self.numbers[client_no] = device_id

@@ -16,7 +16,6 @@ record.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -29,11 +28,10 @@ from relay.protocol.messages import (
     OwnershipChanged,
     OwnershipRejected,
 )
-from shard_worker.room_settings import RoomCounters, RoomSettings
+from shard_worker.room_settings import RoomCounters, RoomSettings, limited_log
 
 __all__ = ["ObjectTable", "RoomObject"]
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -62,7 +60,7 @@ class ObjectTable:
     def _new_object(self, object_id: int) -> RoomObject | None:
         if len(self.objects) >= self.settings.max_objects_per_room:
             self.counters.objects_refused += 1
-            log.warning("room %r: object limit (%d) reached", self.room_id, self.settings.max_objects_per_room)
+            limited_log.warning("object_limit", "room %r: object limit (%d) reached", self.room_id, self.settings.max_objects_per_room)
             return None
         obj = self.objects[object_id] = RoomObject()
         return obj

@@ -43,7 +43,7 @@ from shard_worker.network_variables import (
 )
 from shard_worker.numbering import MAX_CLIENT_NO, ClientNumbering, Device
 from shard_worker.objects import ObjectTable, RoomObject
-from shard_worker.room_settings import RoomCounters, RoomSettings
+from shard_worker.room_settings import RoomCounters, RoomSettings, limited_log
 
 # Importable from here as before the split (ShardState, tests, the lead's store).
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "RoomSettings",
     "Unicast",
     "Var",
+    "limited_log",
     "name_fits_wire",
     "truncate_text",
 ]

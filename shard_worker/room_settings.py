@@ -6,9 +6,16 @@ network variables, objects) can depend on it without depending on ``Room``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from relay.config import RelayConfig
+from relay.logs import RateLimitedLog
+
+# One rate-limited log for every room rule of a shard (numbering, variables,
+# objects): a client repeating a refused message costs a line per reason per
+# interval, with a count, never a line per message.
+limited_log = RateLimitedLog(logging.getLogger("shard_worker.room"))
 
 __all__ = ["RoomCounters", "RoomSettings"]
 

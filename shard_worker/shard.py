@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from relay.histogram import LatencyHistogram
+from relay.logs import RateLimitedLog
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
 from relay.protocol.fastpath import split_client_pose, split_object_pose
 from relay.protocol.messages import (
@@ -28,7 +29,14 @@ from relay.protocol.messages import (
     OwnershipRequest,
     Rpc,
 )
-from shard_worker.room import NvLimitError, RestValidationError, Room, RoomCounters, RoomSettings
+from shard_worker.room import (
+    NvLimitError,
+    RestValidationError,
+    Room,
+    RoomCounters,
+    RoomSettings,
+)
+from shard_worker.room import limited_log as room_log
 from shard_worker.store.base import LeaseBusy, RoomStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -38,27 +46,6 @@ BroadcastOut = tuple[bytes, bytes, int]
 
 _CLIENT_POSE = int(MsgType.CLIENT_POSE)
 _OBJECT_POSE = int(MsgType.OBJECT_POSE)
-
-
-class DropLog:
-    """Counts drops by reason; logs at most one line per reason per interval."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.counts: Counter[str] = Counter()
-        self._interval = interval
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: Counter[str] = Counter()
-
-    def drop(self, reason: str, detail: str) -> None:
-        self.counts[reason] += 1
-        now = time.monotonic()
-        if now - self._last_logged.get(reason, -1e18) >= self._interval:
-            extra = self._suppressed.pop(reason, 0)
-            more = f" (+{extra} more since last report)" if extra else ""
-            log.warning("dropped message: %s: %s%s", reason, detail, more)
-            self._last_logged[reason] = now
-        else:
-            self._suppressed[reason] += 1
 
 
 # Messages for a room whose lease another shard still holds wait here
@@ -95,7 +82,10 @@ class ShardState:
         self.store = store
         self.rooms: dict[str, Room] = {}
         self.changes: list[tuple] = []
-        self.drops = DropLog()
+        # Drops by reason (exported as relay_drops_total) and their log lines,
+        # one per reason per interval; other per-event lines share the limiter.
+        self.drops = RateLimitedLog(log)
+        self.events = RateLimitedLog(log)
         self.messages_in: Counter[str] = Counter()
         self.cleanup_interval = cleanup_interval
         self.device_sweep_interval = device_sweep_interval
@@ -123,12 +113,20 @@ class ShardState:
         # have expired by then, or that owner is alive and still serving).
         self.hold_timeout = 10.0
         self.handovers = Counter()
+        # Running totals for stats(): only rooms touched since the last call
+        # are recounted, so a status write costs what changed, not O(rooms).
+        # Every path that can change a room's members, devices or objects
+        # reaches it through _room() or _cleanup(), which mark it here.
+        self._stats_dirty: set[str] = set()
+        self._room_stats: dict[str, tuple[int, int, int, int]] = {}
+        self._totals = [0, 0, 0, 0]  # members, stealth, devices, objects
 
     # --------------------------------------------------------------- rooms
 
     def _room(self, room_id: str, now: float, *, create: bool = True) -> Room | None:
         room = self.rooms.get(room_id)
         if room is not None:
+            self._stats_dirty.add(room_id)
             return room
         if len(self.rooms) >= self.max_rooms:
             raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms already")
@@ -151,6 +149,7 @@ class ShardState:
             if room.mapping_dirty:
                 self._timer_rooms.add(room_id)
         self.rooms[room_id] = room
+        self._stats_dirty.add(room_id)
         return room
 
     # --------------------------------------------------------------- input
@@ -185,8 +184,7 @@ class ShardState:
             self.drops.drop("store_unavailable", f"room {room_frame[:64]!r} not loaded: {exc}")
             return []
         except Exception:  # a bug must cost one message, not the shard
-            self.drops.counts["handler_error"] += 1
-            log.exception("handler error for room %r", room_frame[:64])
+            self.drops.exception("handler_error", "handler error for room %r", room_frame[:64])
             return []
 
     def _handle_transform(
@@ -314,6 +312,7 @@ class ShardState:
             room = self.rooms.pop(room_id, None)
             if room is None:
                 continue
+            self._stats_dirty.add(room_id)
             if room.pending_globals or room.pending_client:
                 out.extend(self._tag(room, room.flush_nv(now)))
             self._timer_rooms.discard(room_id)
@@ -324,6 +323,7 @@ class ShardState:
         """Drop rooms whose lease was lost to another owner: their state is theirs now."""
         for room_id in room_ids:
             if self.rooms.pop(room_id, None) is not None:
+                self._stats_dirty.add(room_id)
                 self._timer_rooms.discard(room_id)
                 self.handovers["deposed"] += 1
                 log.error("room %r: lease lost to another owner; dropped from memory", room_id)
@@ -366,15 +366,19 @@ class ShardState:
     def _cleanup(self, now: float, expire_devices: bool) -> list[UnicastOut]:
         out: list[UnicastOut] = []
         for room_id, room in list(self.rooms.items()):
+            before = (len(room.members), len(room.devices))
             out.extend(self._tag(room, room.sweep(now, expire_devices=expire_devices)))
+            if (len(room.members), len(room.devices)) != before:
+                self._stats_dirty.add(room_id)
             if room.mapping_dirty or room.pending_globals or room.pending_client:
                 self._timer_rooms.add(room_id)
             if room.expired(now):
                 del self.rooms[room_id]
+                self._stats_dirty.add(room_id)
                 self._timer_rooms.discard(room_id)
                 self.changes.append(("room_delete", room_id))
                 self.rooms_expired += 1
-                log.info("room %r expired after being empty", room_id)
+                self.events.info("room_expired", "room %r expired after being empty", room_id)
         return out
 
     def _broadcast_tick(self, now: float, ctrl_backlog: int) -> list[BroadcastOut]:
@@ -409,6 +413,11 @@ class ShardState:
                 if at is not None and at < deadline:
                     deadline = at
         return deadline
+
+    def flush_logs(self) -> None:
+        """Report the suppressed counts of every rate-limited log line of this shard."""
+        for limiter in (self.drops, self.events, room_log):
+            limiter.flush()
 
     def drain_changes(self) -> list[tuple]:
         if not self.changes:
@@ -465,17 +474,33 @@ class ShardState:
             return {"status": 400, "body": {"detail": f"malformed request: {exc}"}}, []
         return {"status": 400, "body": {"detail": f"unknown op {op!r}"}}, []
 
+    def _refresh_totals(self) -> list[int]:
+        totals = self._totals
+        cache = self._room_stats
+        for room_id in self._stats_dirty:
+            room = self.rooms.get(room_id)
+            if room is None:
+                new = (0, 0, 0, 0)
+            else:
+                counts = room.stats()
+                new = (counts["members"], counts["stealth"], counts["devices"], counts["objects"])
+            old = cache.pop(room_id, (0, 0, 0, 0))
+            if room is not None:
+                cache[room_id] = new
+            for i in range(4):
+                totals[i] += new[i] - old[i]
+        self._stats_dirty.clear()
+        return totals
+
     def stats(self) -> dict[str, Any]:
-        totals: Counter[str] = Counter()
-        for room in self.rooms.values():
-            totals.update(room.stats())
+        members, stealth, devices, objects = self._refresh_totals()
         return {
             "rooms": len(self.rooms),
-            "clients": totals["members"],
-            "visible": totals["visible"],
-            "stealth": totals["stealth"],
-            "devices": totals["devices"],
-            "objects": totals["objects"],
+            "clients": members,
+            "visible": members - stealth,
+            "stealth": stealth,
+            "devices": devices,
+            "objects": objects,
             "drops": dict(self.drops.counts),
             "messages_in": dict(self.messages_in),
             "skipped_ticks": self.skipped_ticks,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections import Counter
 from typing import Any
@@ -22,7 +23,7 @@ from relay.cluster.placement import owner_of
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
-from relay.frames import BatchError, iter_batch, unicast_frames
+from relay.frames import BatchError, batch_mark, credit_frame, iter_batch, unicast_frames
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
@@ -85,6 +86,10 @@ class ShardWorker:
         self.out_by_type: Counter[int] = Counter()
         self.broadcast_by_type: Counter[int] = Counter()
         self._next_status = now
+        # Per lane: (ingress epoch, messages, bytes) of the last batch read,
+        # and what was last reported back (the ingress's credit, frames.py).
+        self._read_marks: dict[int, tuple[int, int, int]] = {}
+        self._reported_marks: dict[int, tuple[int, int, int]] = {}
 
     # ------------------------------------------------------------- sockets
 
@@ -173,6 +178,8 @@ class ShardWorker:
         self._journal()
         self._send_control(drain_budget)
         self._send_broadcasts(now)
+        if self._read_marks != self._reported_marks:
+            self._send_credit()
         if self.heartbeat is not None:
             self.heartbeat.value = now
         if now >= self._next_status:
@@ -183,6 +190,7 @@ class ShardWorker:
         """Handle up to ``batch`` messages (whole ingress batches) from one lane."""
         recv = inbox.recv
         handle = self.state.handle
+        lane = Lane.CONTROL if inbox is self.control_inbox else Lane.TRANSFORM
         handled = 0
         while handled < batch:
             try:
@@ -190,6 +198,7 @@ class ShardWorker:
             except zmq.Again:
                 return
             try:
+                self._read_marks[lane] = batch_mark(frame)
                 for lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)
@@ -197,6 +206,19 @@ class ShardWorker:
                         self._enqueue(out, recv_ns)
             except BatchError as exc:
                 self.state.drops.drop("internal_frame", f"bad batch from ingress: {exc}")
+
+    def _send_credit(self) -> None:
+        """Tell the ingress how far each lane has been read (bounds its in-flight queue)."""
+        for lane, mark in self._read_marks.items():
+            if self._reported_marks.get(lane) == mark:
+                continue
+            epoch, messages, nbytes = mark
+            try:
+                self.egress.send(credit_frame(lane, self.index, epoch, messages, nbytes), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["egress_again"] += 1
+                return  # the egress is full; the next turn reports the newer totals
+            self._reported_marks[lane] = mark
 
     def _enqueue(self, unicasts: list, recv_ns: int) -> None:
         push = self.control.push
@@ -232,7 +254,7 @@ class ShardWorker:
             except (orjson.JSONDecodeError, ValueError) as exc:
                 reply, unicasts = {"status": 400, "body": {"detail": f"bad admin request: {exc}"}}, []
             except Exception:  # one bad request must not take the shard down
-                log.exception("admin request failed: %r", body[:200])
+                self.state.events.exception("admin_error", "admin request failed: %r", body[:200])
                 reply, unicasts = {"status": 500, "body": {"detail": "internal error in shard"}}, []
             self._enqueue(unicasts, 0)
             # Journal before the reply: a 200 means the write is on disk.
@@ -324,6 +346,7 @@ class ShardWorker:
             log.warning("%s: %d control frames not delivered at shutdown", self.name, len(self.control))
 
     def _write_status(self) -> None:
+        self.state.flush_logs()
         status = self.state.stats()
         status.update(
             {
@@ -349,12 +372,20 @@ def run_shard(config_dict: dict, shard_index: int, run_dir: str, heartbeat: Any 
     """Process entry point (spawned by the supervisor)."""
     config = RelayConfig.from_dict(config_dict)
     setup_logging(f"shard-{shard_index}", config.log_level_console, config.log_json_console, config.log_dir)
-    worker = ShardWorker(config, shard_index, run_dir, heartbeat)
+    from shard_worker.store.base import StoreError
 
-    def handle_term(signum: int, frame: Any) -> None:
-        worker.stopping = True
+    try:
+        worker = ShardWorker(config, shard_index, run_dir, heartbeat)
 
-    signal.signal(signal.SIGTERM, handle_term)
-    # Ctrl-C reaches the whole process group; the supervisor decides the order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker.run()
+        def handle_term(signum: int, frame: Any) -> None:
+            worker.stopping = True
+
+        signal.signal(signal.SIGTERM, handle_term)
+        # Ctrl-C reaches the whole process group; the supervisor decides the order.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        worker.run()
+    except StoreError as exc:
+        # Serving on would announce changes that are not on disk; the
+        # supervisor restarts the shard (with backoff while this persists).
+        log.error("shard-%d: journal unusable, exiting: %s", shard_index, exc)
+        sys.exit(1)

@@ -25,6 +25,7 @@ from typing import Any
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.status import read_status, write_status
+from supervisor.pidfile import pointer_path, remove_pidfile, write_pidfile
 
 log = logging.getLogger("relay.supervisor")
 
@@ -32,11 +33,6 @@ SPAWN = multiprocessing.get_context("spawn")
 STARTUP_GRACE = 10.0
 FAST_FAILURE = 10.0
 MAX_BACKOFF = 10.0
-
-
-def pointer_path(control_port: int) -> str:
-    """Where `relayctl status/stop` finds a node started without --run-dir."""
-    return os.path.join(tempfile.gettempdir(), f"netsync-relay-{control_port}.json")
 
 
 @dataclass
@@ -256,7 +252,11 @@ class Arbiter:
 
     def run(self) -> int:
         self.init_signals()
-        write_status(pointer_path(self.config.control_port), {"run_dir": self.run_dir, "pid": os.getpid()})
+        # relayctl stop signals only a pid that this file and /proc agree on.
+        write_pidfile(self.run_dir)
+        pointer = pointer_path(self.config.control_port)
+        if pointer is not None:
+            write_status(pointer, {"run_dir": self.run_dir, "pid": os.getpid()})
         log.info("supervisor %d: run dir %s, %d shards", os.getpid(), self.run_dir, self.config.shards)
         if not self.preflight() or not self.join_cluster():
             self.remove_pointer()
@@ -322,6 +322,8 @@ class Arbiter:
     def preflight(self) -> bool:
         """Refuse to start on a data dir we cannot read: never a silent empty state."""
         if not self.config.data_dir or self.config.store:
+            if not self.config.store:
+                log.warning("no data dir: room state is kept in memory only and lost when a shard restarts")
             return True
         from shard_worker.store.sqlite_store import StoreError, open_store
 
@@ -370,13 +372,18 @@ class Arbiter:
         from supervisor.metrics_server import start_metrics_server
 
         try:
-            self.metrics_server = start_metrics_server(self.config.metrics_port, self.config.host, self.run_dir)
+            self.metrics_server = start_metrics_server(
+                self.config.metrics_port, self.config.metrics_host, self.run_dir
+            )
         except OSError as exc:
             log.error("metrics endpoint disabled: cannot bind %s:%d: %s",
-                      self.config.host, self.config.metrics_port, exc)
+                      self.config.metrics_host, self.config.metrics_port, exc)
 
     def remove_pointer(self) -> None:
+        remove_pidfile(self.run_dir)
         path = pointer_path(self.config.control_port)
+        if path is None:
+            return
         state = read_status(path)
         if state and state.get("pid") == os.getpid():
             try:

@@ -18,6 +18,7 @@ from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
 from relay.status import read_status
 from supervisor.cli_args import add_config_arguments, config_from_args
+from supervisor.pidfile import check_relay_process, pointer_path, process_start_ticks, read_pidfile
 
 log = logging.getLogger("relay.cli")
 
@@ -63,13 +64,14 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def find_run_dir(args: argparse.Namespace) -> str | None:
-    from supervisor.arbiter import pointer_path
-
     if args.run_dir:
         return args.run_dir
     port = args.control_port or int(os.environ.get("RELAY_CONTROL_PORT", "5555"))
-    pointer = read_status(pointer_path(port))
-    return pointer.get("run_dir") if pointer else None
+    # Only the per-user pointer (supervisor/pidfile.py), never one in /tmp.
+    path = pointer_path(port)
+    pointer = read_status(path) if path else None
+    run_dir = pointer.get("run_dir") if pointer else None
+    return run_dir if isinstance(run_dir, str) else None
 
 
 def collect_status(run_dir: str) -> dict[str, Any] | None:
@@ -77,8 +79,8 @@ def collect_status(run_dir: str) -> dict[str, Any] | None:
     state = read_status(endpoints.supervisor_file)
     if state is None:
         return None
-    pid = state.get("supervisor_pid")
-    state["running"] = isinstance(pid, int) and not _exited(pid)
+    pid, why_not = check_relay_process(run_dir)
+    state["running"] = why_not is None and pid is not None and not _exited(pid)
     for name, child in state.get("children", {}).items():
         child["status"] = read_status(endpoints.status_file(name)) or {}
     return state
@@ -213,11 +215,18 @@ def _exited(pid: int) -> bool:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     run_dir = find_run_dir(args)
-    state = read_status(NodeEndpoints(run_dir).supervisor_file) if run_dir else None
-    if state is None:
+    if run_dir is None or read_pidfile(run_dir) is None:
         print("no running relay found (give --run-dir or --control-port)", file=sys.stderr)
         return 1
-    pid = state["supervisor_pid"]
+    pid, why_not = check_relay_process(run_dir)
+    if why_not is not None:
+        if pid is not None and process_start_ticks(pid) is None:
+            print(f"relay (pid {pid}) is not running")
+            return 0
+        # Never signal a process we cannot prove is the node we started.
+        print(f"refusing to stop: {why_not} (pid file in {run_dir})", file=sys.stderr)
+        return 1
+    assert pid is not None
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -234,8 +243,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
+    from supervisor.safety import secure_config
+
     try:
-        config = config_from_args(args)
+        config = secure_config(config_from_args(args))
     except ConfigError as exc:
         print("invalid configuration:\n" + str(exc), file=sys.stderr)
         return 2

@@ -71,7 +71,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(g, "shards", "N", "shard processes")
     _flag(g, "host", "ADDR", "bind address of client ports")
     _flag(g, "run_dir", "DIR", "ipc endpoint directory")
-    _flag(g, "data_dir", "DIR", "durable state directory")
+    _flag(g, "data_dir", "DIR", 'durable state directory ("" = in memory only)')
+    g.add_argument(
+        "--no-data-dir", dest="data_dir", action="store_const", const="", default=None,
+        help="keep room state in memory only (same as --data-dir '')",
+    )
     _flag(g, "metrics_port", "PORT", "0 disables /metrics")
     _flag(g, "store", "URL", "redis://host:port/db: rooms and membership in a shared Valkey/Redis (cluster)")
     _flag(g, "node_id", "ID", "this node's id in the cluster (default: host name)")
@@ -80,6 +84,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(g, "cluster_key_file", "FILE", "the cluster's CURVE key pair (relayctl keygen FILE)")
     _flag(g, "rest_host", "ADDR", "REST bridge bind address")
     _flag(g, "rest_token", "TOKEN", "REST bearer token")
+    _flag(g, "rest_token_file", "FILE", "file holding the REST bearer token")
+    _flag(g, "rest_cors_origins", "LIST", "comma-separated origins allowed by CORS ('*' = any; default: none)")
+    _flag(g, "metrics_host", "ADDR", "/metrics bind address (default 127.0.0.1)")
+    _flag(g, "max_message_bytes", "BYTES", "largest frame a client may send; bigger ones disconnect it (default 262144)")
     _flag(g, "server_name", "NAME", "name in discovery")
     _flag(g, "server_version", "X.Y.Z", "release announced to clients (0.0.x disables Unity's check)")
     _flag(

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from relay.config import RelayConfig
+from relay.logs import RateLimitedLog
 
 __all__ = [
     "DISCOVERY_REQUEST",
@@ -103,6 +104,9 @@ class DiscoveryService:
         self.udp_reply = discovery_response(config)
         self.tcp_reply = discovery_response(config, tcp=True)
         self.counts: Counter[str] = Counter()
+        # Per-datagram and per-connection failures repeat as fast as peers
+        # (or EMFILE) make them: one line per reason per interval.
+        self._limited = RateLimitedLog(log)
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._conns: dict[int, _Conn] = {}
@@ -206,7 +210,7 @@ class DiscoveryService:
                 events = self._selector.select(_SELECT_TIMEOUT)
             except OSError as exc:
                 # Should never happen; never let it kill the thread either.
-                log.warning("discovery: select failed: %s", exc)
+                self._limited.warning("select_failed", "discovery: select failed: %s", exc)
                 time.sleep(_SELECT_TIMEOUT)
                 continue
             for key, _ in events:
@@ -219,8 +223,9 @@ class DiscoveryService:
                         self._on_conn_readable(key.data)
                 except Exception:
                     self.counts["errors"] += 1
-                    log.exception("discovery: unexpected error (service continues)")
+                    self._limited.exception("unexpected_error", "discovery: unexpected error (service continues)")
             self._expire(time.monotonic())
+            self._limited.flush()
 
     def _on_udp(self) -> None:
         assert self._udp is not None
@@ -252,7 +257,7 @@ class DiscoveryService:
                 return
             except OSError as exc:
                 # EMFILE and friends: drop this round, keep listening.
-                log.warning("discovery: accept failed: %s", exc)
+                self._limited.warning("accept_failed", "discovery: accept failed: %s", exc)
                 return
             if len(self._conns) >= MAX_TCP_CONNECTIONS:
                 self.counts["tcp_refused"] += 1

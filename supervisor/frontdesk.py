@@ -28,7 +28,7 @@ from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
 from relay.status import write_status
 from supervisor.discovery import DiscoveryService
-from supervisor.rest_bridge import ShardClient, create_app
+from supervisor.rest_bridge import ShardClient, create_app, limited_log
 
 __all__ = ["run_frontdesk"]
 
@@ -37,6 +37,8 @@ log = logging.getLogger("relay.frontdesk")
 HEARTBEAT_PERIOD = 0.25
 STATUS_PERIOD = 1.0
 LISTEN_BACKLOG = 512
+# Concurrent connections the bridge serves; uvicorn answers 503 beyond (README, "Bounds").
+LIMIT_CONCURRENCY = 1024
 
 # SIGTERM may arrive before the event loop owns the signal; remember it.
 _early_term = False
@@ -112,6 +114,7 @@ async def _write_status(
     path: str, client: ShardClient, app: Any, discovery: asyncio.Task[DiscoveryService | None] | None
 ) -> None:
     while True:
+        limited_log.flush()
         service = discovery.result() if discovery is not None and discovery.done() else None
         status = {
             "pid": os.getpid(),
@@ -140,6 +143,7 @@ async def _serve(config: RelayConfig, run_dir: str, heartbeat: Any, sock: socket
         lifespan="on",
         server_header=False,
         timeout_graceful_shutdown=1.0,
+        limit_concurrency=LIMIT_CONCURRENCY,
     )
     server = _Server(uv_config)
     loop = asyncio.get_running_loop()

@@ -4,8 +4,15 @@ It never parses payloads. Per poll it drains, in priority order, the egress
 (shard -> client unicasts), the control ROUTER, then the transform ROUTER;
 inbound messages go to the shard that owns their room (rendezvous hash,
 cached). Unicasts leave through the control ROUTER with ROUTER_MANDATORY and
-DONTWAIT: a full recipient gets its own ordered retry queue (bounded), and a
-recipient that is gone is dropped and counted.
+DONTWAIT: a full recipient gets its own ordered, bounded retry queue
+(``supervisor/outbound.py``), and a recipient that is gone is dropped and
+counted.
+
+Every queue this process holds is bounded, and every overflow is counted
+under a drop reason (README, "Bounds"): frames over ``max_message_bytes`` are
+refused by libzmq itself (the peer is disconnected before the frame is
+buffered), the in-flight messages and bytes to each shard are bounded by
+credit (``relay/frames.py``), and each slow recipient has an allowance.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import signal
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Any
 
 import zmq
@@ -24,11 +32,12 @@ from relay.cluster.placement import REMOTE, LocalRouter
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, tcp_bind
-from relay.frames import HEADER, HEADER_SIZE, BatchBuilder
+from relay.frames import HEADER, HEADER_SIZE, BatchBuilder, parse_credit
 from relay.histogram import LatencyHistogram
-from relay.logs import setup_logging
+from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
+from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
 
 log = logging.getLogger("relay.ingress")
 
@@ -38,11 +47,33 @@ MAX_ROOM_BYTES = 255
 # Messages per ingress->shard batch: bounds how much transform work a shard
 # takes in one read, so control waiting in its own pipe is read soon after.
 MAX_BATCH = 128
-RETRY_PER_RECIPIENT = 1024
-RETRY_TOTAL = 100_000
 STATUS_INTERVAL = 1.0
 CONTROL_IO_THREAD = 1  # ZMQ_AFFINITY bitmasks
 TRANSFORM_IO_THREAD = 2
+
+# In flight to one shard (pushed, not yet read by it), per lane. Control is
+# kept through a shard restart (about a second of a busy node); poses are
+# latest-only, so more than about a second of them is stale anyway.
+INFLIGHT_LIMITS = {
+    Lane.CONTROL: (50_000, 64 * 1024 * 1024),
+    Lane.TRANSFORM: (10_000, 16 * 1024 * 1024),
+}
+# Per-peer send pipe of the control ROUTER (libzmq counts messages). The
+# reference client's DEALER holds 1024 on its side; more here would only
+# delay the moment a stuck reader is noticed.
+CONTROL_SNDHWM = 1024
+# Unicasts handed over by shards and not yet sent: bounded on both ends of
+# the pipe (shard SNDHWM + this), counted by the shards' egress_again.
+EGRESS_RCVHWM = 100_000
+# A slow reader's allowance (supervisor/outbound.py) and the ceiling for all.
+RETRY_PER_RECIPIENT = 4096
+RETRY_BYTES_PER_RECIPIENT = 4 * 1024 * 1024
+RETRY_TOTAL = 100_000
+RETRY_BYTES_TOTAL = 64 * 1024 * 1024
+# A recipient that took nothing for this long is given up (queue dropped).
+RETRY_STALL_TIMEOUT = 15.0
+RETRY_MIN_INTERVAL = 0.005
+RETRY_MAX_INTERVAL = 0.2
 
 
 class Ingress:
@@ -54,11 +85,28 @@ class Ingress:
         self.router = LocalRouter(self.view_file.view, self.view_file.node_id)
         self.stopping = False
         self.counts: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
-        self.retry: dict[bytes, deque[list[bytes]]] = {}
-        self.retry_total = 0
-        self._last_drop_log: dict[str, float] = {}
+        # Drops by reason (the exported counter) and their rate-limited lines.
+        self.drop_log = RateLimitedLog(log)
+        self.drops = self.drop_log.counts
+        self.outbound = OutboundQueues(
+            per_recipient_messages=RETRY_PER_RECIPIENT,
+            per_recipient_bytes=RETRY_BYTES_PER_RECIPIENT,
+            total_messages=RETRY_TOTAL,
+            total_bytes=RETRY_BYTES_TOTAL,
+            stall_timeout=RETRY_STALL_TIMEOUT,
+            retry_min=RETRY_MIN_INTERVAL,
+            retry_max=RETRY_MAX_INTERVAL,
+            on_drop=lambda reason, count: self._drop(reason, "slow or vanished recipient", count),
+        )
         self.control_latency = LatencyHistogram()
+        # Credit per (lane, shard): [messages, bytes] pushed, and the totals
+        # the shard last reported as read (relay/frames.py). A fresh epoch per
+        # ingress process tells its batches from a predecessor's.
+        self.epoch = random.getrandbits(32)
+        lanes = (Lane.CONTROL, Lane.TRANSFORM)
+        self.pushed = {lane: [[0, 0] for _ in range(config.shards)] for lane in lanes}
+        self.acked = {lane: [[0, 0] for _ in range(config.shards)] for lane in lanes}
+        self.inflight_high_water = {lane: [0] * config.shards for lane in lanes}
 
     def _open_sockets(self) -> None:
         # Two I/O threads, one per lane (ZMQ_AFFINITY): the network I/O of the
@@ -73,20 +121,25 @@ class Ingress:
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.BACKLOG, 512)
             sock.setsockopt(zmq.RCVHWM, 10_000)
+            # libzmq checks each frame's announced size before buffering it
+            # and disconnects the peer: an oversized frame never costs memory
+            # here and never reaches a batch.
+            sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
         self.control.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.control.setsockopt(zmq.SNDHWM, 10_000)
+        self.control.setsockopt(zmq.SNDHWM, CONTROL_SNDHWM)
         self.control.bind(tcp_bind(cfg.host, cfg.control_port))
         self.transform.bind(tcp_bind(cfg.host, cfg.transform_port))
         self.egress = ctx.socket(zmq.PULL)
         self.egress.setsockopt(zmq.AFFINITY, CONTROL_IO_THREAD)
         self.egress.setsockopt(zmq.LINGER, 0)
-        self.egress.setsockopt(zmq.RCVHWM, 0)
+        self.egress.setsockopt(zmq.RCVHWM, EGRESS_RCVHWM)
         self.egress.bind(self.endpoints.egress)
         # One PUSH per (lane, shard). Messages for a restarting shard wait
-        # here (bounded) and are delivered when it is back; beyond the mark
-        # they are dropped and counted.
+        # here and are delivered when it is back, within the lane's credit
+        # (INFLIGHT_LIMITS); beyond it they are dropped and counted. The HWM
+        # (frames, each at least one message) is only a backstop.
         self.shard_pushes: dict[int, list[zmq.Socket]] = {}
-        for lane, hwm in ((Lane.CONTROL, 50_000), (Lane.TRANSFORM, 10_000)):
+        for lane, (hwm, _bytes) in INFLIGHT_LIMITS.items():
             pushes = []
             for index in range(cfg.shards):
                 push = ctx.socket(zmq.PUSH)
@@ -110,12 +163,17 @@ class Ingress:
             sock.close()
         self.ctx.term()
 
-    def _drop(self, reason: str, detail: str) -> None:
-        self.drops[reason] += 1
-        now = time.monotonic()
-        if now - self._last_drop_log.get(reason, -1e18) >= 5.0:
-            self._last_drop_log[reason] = now
-            log.warning("dropped: %s: %s (total %d)", reason, detail, self.drops[reason])
+    def _drop(self, reason: str, detail: str, count: int = 1) -> None:
+        self.drop_log.drop(reason, detail, count)
+
+    def _poll_timeout_ms(self, now: float) -> int:
+        # Sleep until the earliest retry is due, never busy-wait on a
+        # recipient that is not reading (a timed retry, per recipient).
+        wait = self.config.heartbeat_interval
+        due = self.outbound.next_due()
+        if due is not None:
+            wait = min(wait, due - now)
+        return max(0, int(wait * 1000 + 0.999))
 
     # ---------------------------------------------------------------- loop
 
@@ -129,12 +187,11 @@ class Ingress:
         next_status = 0.0
         try:
             while not self.stopping:
-                timeout = 0 if self.retry else int(self.config.heartbeat_interval * 1000)
-                events = dict(self.poller.poll(timeout))
+                events = dict(self.poller.poll(self._poll_timeout_ms(time.monotonic())))
                 if self.egress in events:
                     self._pump_egress()
-                if self.retry:
-                    self._flush_retries()
+                if self.outbound.queues:
+                    self.counts["unicast_sent"] += self.outbound.retry_due(self._try_send, time.monotonic())
                 control_busy = False
                 if self.control in events:
                     control_busy = self._pump_inbound(self.control, Lane.CONTROL, BATCH)
@@ -151,6 +208,7 @@ class Ingress:
                     self.heartbeat.value = now
                 if now >= next_status:
                     next_status = now + STATUS_INTERVAL
+                    self.drop_log.flush()
                     self._write_status()
             # Stop intake; deliver what the shards already handed over.
             self._drain_egress_for_shutdown()
@@ -205,12 +263,39 @@ class Ingress:
                 self._send_batch(lane, shard, batch)
 
     def _send_batch(self, lane: int, shard: int, batch: BatchBuilder) -> None:
-        count = batch.count
+        count, nbytes = batch.count, batch.nbytes
+        pushed = self.pushed[lane][shard]
+        acked = self.acked[lane][shard]
+        max_messages, max_bytes = INFLIGHT_LIMITS[lane]
+        inflight = pushed[0] - acked[0]
+        if inflight + count > max_messages or pushed[1] - acked[1] + nbytes > max_bytes:
+            batch.clear()
+            self._drop("shard_queue_full", f"shard-{shard} not keeping up ({inflight} messages in flight)", count)
+            return
         try:
-            self.shard_pushes[lane][shard].send(batch.take(), zmq.NOBLOCK)
+            self.shard_pushes[lane][shard].send(batch.take(self.epoch, pushed[0], pushed[1]), zmq.NOBLOCK)
         except zmq.Again:
-            self.drops["shard_queue_full"] += count - 1
-            self._drop("shard_queue_full", f"shard-{shard} not keeping up ({count} messages)")
+            self._drop("shard_queue_full", f"shard-{shard} pipe full ({count} messages)", count)
+            return
+        pushed[0] += count
+        pushed[1] += nbytes
+        if inflight + count > self.inflight_high_water[lane][shard]:
+            self.inflight_high_water[lane][shard] = inflight + count
+
+    def _credit(self, frame: bytes) -> bool:
+        """Apply a shard's report of what it has read; False if not a credit frame."""
+        credit = parse_credit(frame)
+        if credit is None:
+            return False
+        lane, shard, epoch, messages, nbytes = credit
+        if epoch != self.epoch or lane not in self.acked or not 0 <= shard < len(self.acked[lane]):
+            return True  # meant for a predecessor of this process
+        acked = self.acked[lane][shard]
+        # Totals only grow; an echo cannot exceed what was pushed.
+        pushed = self.pushed[lane][shard]
+        acked[0] = min(max(acked[0], messages), pushed[0])
+        acked[1] = min(max(acked[1], nbytes), pushed[1])
+        return True
 
     def _pump_egress(self) -> None:
         recv = self.egress.recv_multipart
@@ -220,6 +305,8 @@ class Ingress:
             except zmq.Again:
                 return
             if len(frames) < 4 or len(frames[0]) != HEADER_SIZE:
+                if len(frames) == 1 and self._credit(frames[0]):
+                    continue
                 self._drop("internal_frame", f"{len(frames)} egress frames")
                 continue
             _lane, _origin, recv_ns = HEADER.unpack(frames[0])
@@ -229,50 +316,32 @@ class Ingress:
             if recv_ns:
                 self.control_latency.observe((time.monotonic_ns() - recv_ns) / 1e9)
 
-    def _send_unicast(self, identity: bytes, room: bytes, payload: bytes) -> None:
-        queue = self.retry.get(identity)
-        if queue is not None:
-            # Keep per-recipient order: never overtake what is already waiting.
-            self._queue_retry(identity, queue, [identity, room, payload])
-            return
+    def _try_send(self, frames: list[bytes]) -> int:
         try:
-            self.control.send_multipart([identity, room, payload], zmq.NOBLOCK)
-            self.counts["unicast_sent"] += 1
+            self.control.send_multipart(frames, zmq.NOBLOCK)
+            return SENT
         except zmq.Again:
-            self.counts["unicast_wouldblock"] += 1
-            queue = self.retry[identity] = deque()
-            self._queue_retry(identity, queue, [identity, room, payload])
+            return WOULDBLOCK
         except zmq.ZMQError as exc:
-            if exc.errno == errno.EHOSTUNREACH:
-                self._drop("unicast_unreachable", "recipient disconnected")
-            else:
+            if exc.errno != errno.EHOSTUNREACH:
                 self._drop("unicast_error", str(exc))
+            return GONE
 
-    def _queue_retry(self, identity: bytes, queue: deque, frames: list[bytes]) -> None:
-        if len(queue) >= RETRY_PER_RECIPIENT or self.retry_total >= RETRY_TOTAL:
-            self._drop("unicast_retry_full", "slow recipient")
+    def _send_unicast(self, identity: bytes, room: bytes, payload: bytes) -> None:
+        frames = [identity, room, payload]
+        outbound = self.outbound
+        if identity in outbound.queues:
+            # Keep per-recipient order: never overtake what is already waiting.
+            outbound.enqueue(identity, frames, time.monotonic())
             return
-        queue.append(frames)
-        self.retry_total += 1
-
-    def _flush_retries(self) -> None:
-        for identity in list(self.retry):
-            queue = self.retry[identity]
-            while queue:
-                try:
-                    self.control.send_multipart(queue[0], zmq.NOBLOCK)
-                    self.counts["unicast_sent"] += 1
-                except zmq.Again:
-                    break
-                except zmq.ZMQError:
-                    self._drop("unicast_unreachable", "recipient disconnected while queued")
-                    self.retry_total -= len(queue)
-                    queue.clear()
-                    break
-                queue.popleft()
-                self.retry_total -= 1
-            if not queue:
-                del self.retry[identity]
+        result = self._try_send(frames)
+        if result == SENT:
+            self.counts["unicast_sent"] += 1
+        elif result == WOULDBLOCK:
+            self.counts["unicast_wouldblock"] += 1
+            outbound.enqueue(identity, frames, time.monotonic())
+        else:
+            self._drop("unicast_unreachable", "recipient disconnected")
 
     def _drain_egress_for_shutdown(self) -> None:
         deadline = time.monotonic() + 1.0
@@ -280,7 +349,7 @@ class Ingress:
             if not self.egress.poll(50):
                 break
             self._pump_egress()
-        self._flush_retries()
+        self.counts["unicast_sent"] += self.outbound.flush_all(self._try_send, time.monotonic())
 
     def _write_status(self) -> None:
         write_status(
@@ -289,8 +358,23 @@ class Ingress:
                 "pid": os.getpid(),
                 "counts": dict(self.counts),
                 "drops": dict(self.drops),
-                "retry_recipients": len(self.retry),
-                "retry_queued": self.retry_total,
+                "retry_recipients": len(self.outbound),
+                "retry_queued": self.outbound.queued_messages,
+                "retry_queued_bytes": self.outbound.queued_bytes,
+                "retry_high_water": self.outbound.high_water_messages,
+                "retry_high_water_bytes": self.outbound.high_water_bytes,
+                # Pushed to each shard and not yet read by it, per lane.
+                "inflight": {
+                    lane.name.lower(): [p[0] - a[0] for p, a in zip(self.pushed[lane], self.acked[lane], strict=True)]
+                    for lane in self.pushed
+                },
+                "inflight_bytes": {
+                    lane.name.lower(): [p[1] - a[1] for p, a in zip(self.pushed[lane], self.acked[lane], strict=True)]
+                    for lane in self.pushed
+                },
+                "inflight_high_water": {
+                    lane.name.lower(): list(marks) for lane, marks in self.inflight_high_water.items()
+                },
                 "route_cache": len(self.router),
                 "view_generation": self.router.view.generation,
                 "control_latency": self.control_latency.to_dict(),

@@ -23,6 +23,14 @@ log = logging.getLogger("relay.proxy")
 # Client-facing send mark as the reference: a slow subscriber drops stale
 # room poses instead of replaying them late (NetSync #315).
 CLIENT_SNDHWM = 2
+# Subscriptions a client may have queued towards the proxy; beyond it libzmq
+# stops reading that client's connection (back-pressure on it alone).
+CLIENT_RCVHWM = 1000
+# Internal hop, both directions: high enough that subscription storms after
+# a restart and broadcast bursts pass, but a bound in messages. Broadcasts are
+# latest-only room snapshots; beyond the mark libzmq drops them (the shard PUB
+# never blocks), visible as the gap between proxy "in" and shard broadcasts.
+INTERNAL_HWM = 100_000
 
 
 def run_proxy(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
@@ -32,16 +40,16 @@ def run_proxy(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
     ctx = zmq.Context()
     xsub = ctx.socket(zmq.XSUB)
     xsub.setsockopt(zmq.LINGER, 0)
-    # Internal hop: unlimited marks, so subscription storms after a restart
-    # and broadcast bursts are never lost between shards and proxy.
-    xsub.setsockopt(zmq.RCVHWM, 0)
-    xsub.setsockopt(zmq.SNDHWM, 0)
+    xsub.setsockopt(zmq.RCVHWM, INTERNAL_HWM)
+    xsub.setsockopt(zmq.SNDHWM, INTERNAL_HWM)
     xsub.bind(endpoints.proxy_xsub)
     xpub = ctx.socket(zmq.XPUB)
     xpub.setsockopt(zmq.LINGER, 0)
     xpub.setsockopt(zmq.BACKLOG, 512)
     xpub.setsockopt(zmq.SNDHWM, CLIENT_SNDHWM)
-    xpub.setsockopt(zmq.RCVHWM, 0)
+    xpub.setsockopt(zmq.RCVHWM, CLIENT_RCVHWM)
+    # Subscriptions are client input too: an oversized one disconnects the peer.
+    xpub.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes)
     xpub.bind(tcp_bind(config.host, config.pub_port))
     control = ctx.socket(zmq.REP)
     control.setsockopt(zmq.LINGER, 0)

@@ -47,6 +47,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.hashing import shard_for_room
+from relay.logs import RateLimitedLog
+from supervisor.safety import cors_origins
 
 __all__ = [
     "MAX_NAME_BYTES",
@@ -58,10 +60,14 @@ __all__ = [
     "ShardUnavailable",
     "create_app",
     "iter_log_lines",
+    "limited_log",
     "parse_timestamp",
 ]
 
 log = logging.getLogger("relay.rest")
+# Request failures repeat once per HTTP call (a stalled shard, a bad client
+# loop): one line per reason per interval, flushed by the status task.
+limited_log = RateLimitedLog(log)
 
 # Fixed REST limits (BEHAVIOR §14: "REST fixed at 64 / 1024"), independent of
 # the wire-side max_var_* settings.
@@ -164,7 +170,7 @@ class ShardClient:
             except zmq.ZMQError as exc:
                 if sock.closed:
                     return
-                log.warning("shard %d admin socket error: %s", shard, exc)
+                limited_log.warning("admin_socket_error", "shard %d admin socket error: %s", shard, exc)
                 await asyncio.sleep(0.1)
                 continue
             if len(frames) != 2:
@@ -601,10 +607,10 @@ def create_app(config: RelayConfig, shard_client: ShardRequester) -> FastAPI:
             status, reply = await shard_client.request(shard, body)
         except ShardUnavailable as exc:
             counts["shard_timeouts"] += 1
-            log.warning("REST %s for room %r: %s", body.get("op"), room_id, exc)
+            limited_log.warning("shard_timeout", "REST %s for room %r: %s", body.get("op"), room_id, exc)
             raise HTTPException(503, str(exc), headers={"Retry-After": "1"}) from None
         except ShardReplyError as exc:
-            log.error("REST %s for room %r: %s", body.get("op"), room_id, exc)
+            limited_log.error("shard_bad_reply", "REST %s for room %r: %s", body.get("op"), room_id, exc)
             raise HTTPException(502, str(exc)) from None
         if status == 200:
             return reply
@@ -612,9 +618,9 @@ def create_app(config: RelayConfig, shard_client: ShardRequester) -> FastAPI:
         if 400 <= status < 500:
             # 409 (limits) is part of the API; other 4xx mean a bridge/shard mismatch.
             if status != 409:
-                log.error("shard %d refused %s: %s %s", shard, body.get("op"), status, detail)
+                limited_log.error("shard_refused", "shard %d refused %s: %s %s", shard, body.get("op"), status, detail)
             raise HTTPException(status, detail)
-        log.error("shard %d answered %s: %s", shard, status, detail)
+        limited_log.error("shard_failed", "shard %d answered %s: %s", shard, status, detail)
         raise HTTPException(502, f"shard {shard} failed: {detail}")
 
     @app.get("/", summary="Health check")
@@ -766,15 +772,21 @@ def create_app(config: RelayConfig, shard_client: ShardRequester) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=config.rest_max_body_bytes)
     if config.rest_token:
         app.add_middleware(BearerAuthMiddleware, token=config.rest_token)
-    app.add_middleware(
-        CORSMiddleware,
-        # A regex (not "*") makes Starlette echo the caller's origin, which
-        # browsers require when credentials are allowed.
-        allow_origin_regex=".*",
-        allow_credentials=True,
-        allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
-        allow_headers=["Content-Type", "Authorization"],
-        max_age=3600,
-    )
+    # CORS only for the origins an operator listed (rest_cors_origins): by
+    # default a browser page on another site cannot read any answer. "*"
+    # restores the reference's rule (any origin, with credentials).
+    origins = cors_origins(config)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            # A regex (not "*") makes Starlette echo the caller's origin, which
+            # browsers require when credentials are allowed.
+            allow_origin_regex=".*" if "*" in origins else None,
+            allow_origins=[] if "*" in origins else origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Content-Type", "Authorization"],
+            max_age=3600,
+        )
     return app
 

@@ -124,6 +124,32 @@ def wait_for(
         time.sleep(interval)
 
 
+# ------------------------------------------------------------------ /proc
+# Linux only, like the relay's own process handling; no psutil in the test extra.
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a whole process (all threads), from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # stat fields 14 and 15
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def restarts(node: RelayNode) -> dict[str, int]:
+    children = (node.supervisor_state() or {}).get("children", {})
+    return {name: child["restarts"] for name, child in children.items()}
+
+
 def rest_healthy(port: int, host: str = "127.0.0.1") -> bool:
     """True when the REST bridge on ``port`` answers its health check."""
     import httpx
@@ -214,7 +240,11 @@ class RelayNode:
             start_new_session=True,
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except BaseException:
+                self.stop()  # never leave a half-started node behind
+                raise
         return self
 
     def log_text(self) -> str:

@@ -85,8 +85,8 @@ def test_every_flag_is_a_config_key_typed_like_its_field() -> None:
     flags = [a for a in parser._actions if a.dest not in ("help", "config")]
     assert flags and all(a.dest in INPUT_KEYS for a in flags)
     for action in flags:
-        if action.const is not None:  # store_const switches carry their own bool
-            assert FIELD_TYPES[action.dest] is bool and isinstance(action.const, bool)
+        if action.const is not None:  # store_const switches carry a value of the field's type
+            assert isinstance(action.const, FIELD_TYPES[action.dest]), action.dest
         elif FIELD_TYPES.get(action.dest, int) is str:
             assert action.type is None, action.dest
         else:

@@ -151,9 +151,11 @@ def test_rooms_of_a_dead_node_are_served_by_the_survivor_with_nothing_lost(serve
     from relay.cluster.view import ClusterView, NodeInfo
     from relay.protocol.messages import GlobalVarSet, GlobalVarSync
 
-    a = RelayNode(shards=1, store=server.url, node_id="a", host="127.0.0.2").start()
-    b = RelayNode(shards=1, store=server.url, node_id="b", host="127.0.0.3").start()
+    a = RelayNode(shards=1, store=server.url, node_id="a", host="127.0.0.2")
+    b = RelayNode(shards=1, store=server.url, node_id="b", host="127.0.0.3")
     try:
+        a.start()
+        b.start()
         wait_for(lambda: _view_nodes(a) == ["a", "b"] and _view_nodes(b) == ["a", "b"], 10, what="2-node view")
         view = ClusterView(1, (NodeInfo("a", 1), NodeInfo("b", 1)))
         room = next(f"fo-{i}" for i in range(200) if owner_of(f"fo-{i}".encode(), view)[0] == "a")

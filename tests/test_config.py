@@ -466,7 +466,7 @@ def test_corrupt_file_and_bad_env_reported_together(tmp_path: Path) -> None:
         ({"host": ""}, "host"),
         ({"rest_host": " "}, "rest_host"),
         ({"server_name": ""}, "server_name"),
-        ({"data_dir": ""}, "data_dir"),
+        ({"data_dir": "  "}, "data_dir"),
     ],
 )
 def test_each_rule_rejects(values: dict[str, Any], needle: str) -> None:

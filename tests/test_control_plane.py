@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import pytest
@@ -20,14 +19,16 @@ from relay.protocol.messages import (
     OwnershipRequest,
     VarEntry,
 )
-from tests.support import RawClient, RelayNode, reference_clients, wait_for
+from tests.support import RawClient, RelayNode, reference_clients, wait_for, write_config
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120), pytest.mark.usefixtures("relay_store")]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
-@pytest.fixture(scope="module")
-def node():
-    with RelayNode(shards=2) as relay_node:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def node(request: pytest.FixtureRequest):
+    """One node per store for the whole module: SQLite, then the shared Valkey."""
+    store = request.getfixturevalue("valkey").fresh_db_url() if request.param == "redis" else ""
+    with RelayNode(shards=2, store=store) as relay_node:
         yield relay_node
 
 
@@ -163,30 +164,40 @@ def test_rooms_on_different_shards_are_independent(node: RelayNode) -> None:
         assert a.get_global_variable("mode") == "A"
 
 
-def test_nv_set_to_sync_leaves_within_one_loop_turn(node: RelayNode) -> None:
+def test_nv_set_to_sync_leaves_within_one_loop_turn(tmp_path) -> None:
     """At idle a set must not wait for a poll timeout or a fixed tick (W8, W17).
 
-    A semantic check with a generous bound; the precise figure is measured by
-    the benchmark suite.
+    Asserted structurally, not in milliseconds (BENCHMARKS.md has those):
+    every periodic wake-up of the node is slowed to 2 s or more (broadcast
+    tick, cleanup sweep, the poll cap of shard and ingress), so a sync that
+    waited for any timer would arrive up to 2 s late, uniformly spread; one
+    that leaves in the loop turn of its set arrives in milliseconds. Twenty
+    samples all under 1 s cannot come from the first (chance 2^-20).
     """
-    watcher = RawClient(node, "nv-latency", "lat-watcher", subscribe=False)
-    writer = RawClient(node, "nv-latency", "lat-writer", subscribe=False)
-    try:
-        watcher.join()
-        writer.join()
-        watcher.drain_control()
-        samples = []
-        for n in range(40):
-            time.sleep(0.06)  # longer than nv_flush_interval: each set is at idle
-            started = time.perf_counter()
-            writer.send_control(GlobalVarSet(0, "lat-writer", "t", str(n)))
-            sync = watcher.recv_control_until(lambda m: isinstance(m, GlobalVarSync), 2)
-            assert sync is not None and sync.variables[0].value == str(n)
-            samples.append(time.perf_counter() - started)
-        assert statistics.median(samples) < 0.02, f"median {statistics.median(samples) * 1000:.1f} ms"
-    finally:
-        watcher.close()
-        writer.close()
+    config = write_config(
+        tmp_path, transform_broadcast_rate=0.5, idle_broadcast_interval=2.0,
+        object_idle_broadcast_interval=2.0, cleanup_interval=5.0, heartbeat_interval=2.5,
+        heartbeat_timeout=10.0, client_timeout=60.0,
+    )
+    with RelayNode(shards=1, extra_args=["--config", config]) as slow_timers:
+        watcher = RawClient(slow_timers, "nv-latency", "lat-watcher", subscribe=False)
+        writer = RawClient(slow_timers, "nv-latency", "lat-writer", subscribe=False)
+        try:
+            watcher.join()
+            writer.join()
+            watcher.drain_control()
+            samples = []
+            for n in range(20):
+                time.sleep(0.06)  # longer than nv_flush_interval: each set is at idle
+                started = time.perf_counter()
+                writer.send_control(GlobalVarSet(0, "lat-writer", "t", str(n)))
+                sync = watcher.recv_control_until(lambda m: isinstance(m, GlobalVarSync), 3)
+                assert sync is not None and sync.variables[0].value == str(n)
+                samples.append(time.perf_counter() - started)
+            assert max(samples) < 1.0, f"a sync waited for a timer: {max(samples):.2f} s"
+        finally:
+            watcher.close()
+            writer.close()
 
 
 def mapping_size(entries: int, device_len: int) -> int:

@@ -56,6 +56,12 @@ def test_compose_file_validates() -> None:
     # Client ports must listen beyond loopback inside the container.
     assert re.search(r"- --host\s+- 0\.0\.0\.0", config), config
     assert re.search(r"- --rest-host\s+- 0\.0\.0\.0", config), config
+    # ... which is only allowed with a token: the compose secret.
+    assert "RELAY_REST_TOKEN_FILE: /run/secrets/relay_rest_token" in config, config
+    assert re.search(r"(^|\n)secrets:\n  relay_rest_token:\n    file: \S+/secrets/rest_token", config), config
+    # Prometheus scrapes over the compose network; nothing publishes 9100.
+    assert re.search(r"- --metrics-host\s+- 0\.0\.0\.0", config), config
+    assert "published: 9100" not in config and ":9100:" not in config, config
 
 
 def test_compose_mounts_and_scrape_target_exist() -> None:
@@ -81,7 +87,8 @@ def test_dockerfile_is_slim_non_root_and_checked() -> None:
     user = re.findall(r"^USER\s+(\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0"), user
     assert re.search(r"^HEALTHCHECK .*healthz", text, re.M | re.S)
-    for port in ("5555", "5556", "5557", "8800", "9100"):
+    # REST and metrics stay on loopback by default (tests/test_safe_defaults.py).
+    for port in ("5555", "5556", "5557"):
         assert re.search(rf"^EXPOSE .*\b{port}\b", text, re.M), port
 
 

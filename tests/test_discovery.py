@@ -185,7 +185,9 @@ def test_service_silent_tcp_client_does_not_block_others(service: DiscoveryServi
     try:
         assert tcp_single_read(service.port, DISCOVERY_REQUEST).startswith(b"STYLY-NETSYNC3|")
         assert udp_probe(service.port, DISCOVERY_REQUEST) is not None
-        assert time.monotonic() - opened < 0.5
+        # Answered before the first silent connection's 2 s read timeout, which
+        # a server serving one connection at a time would have to wait out.
+        assert time.monotonic() - opened < 1.5
         # Silent connections are closed, unanswered, after the 2 s read timeout.
         idle[0].settimeout(4.0)
         assert idle[0].recv(16) == b""

@@ -302,7 +302,9 @@ def test_collector_reads_status_files(tmp_path: Any) -> None:
         })
     _write(os.path.join(run_dir, "status-ingress.json"), {
         "pid": 12, "counts": {"received_control": 8, "unicast_sent": 20}, "drops": {"frame_count": 1},
-        "control_latency": _hist(6, 0.02),
+        "control_latency": _hist(6, 0.02), "retry_queued_bytes": 4096,
+        "inflight": {"control": [3, 0], "transform": [0, 128]},
+        "inflight_bytes": {"control": [300, 0], "transform": [0, 9000]},
     })
     _write(os.path.join(run_dir, "status-rest.json"), {"pid": 14, "rest": {"requests": 3}})
     collector = NodeCollector(run_dir, proxy_timeout_ms=50)
@@ -320,6 +322,9 @@ def test_collector_reads_status_files(tmp_path: Any) -> None:
         assert page.total("relay_nv_sync_latency_seconds_bucket", le="0.01") == 5
         assert page.total("relay_control_latency_seconds_count") == 6
         assert page.total("relay_drops_total", child="ingress", reason="frame_count") == 1
+        assert page.total("relay_unicast_retry_queued_bytes") == 4096
+        assert page.total("relay_ingress_inflight_messages", lane="transform", shard="1") == 128
+        assert page.total("relay_ingress_inflight_bytes", lane="control", shard="0") == 300
         assert page.total("relay_drops_total", child="shard-1", reason="bad_payload") == 1
         assert page.total("relay_child_events_total", child="rest", group="rest", event="requests") == 3
         # No proxy listening: reported down, no made-up counters, and fast.

@@ -2,7 +2,9 @@
 
 One room is flooded with poses from hundreds of devices at 60 Hz while the
 shard's transform budget is set low. Probe members send RPCs and NV sets:
-their delivery latency must stay bounded while room poses are visibly shaped.
+every one must be delivered, in order, while room poses are visibly shaped.
+Latency figures for this scenario are measured by `make bench` ("overload"
+in BENCHMARKS.md), not asserted here.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def test_control_latency_bounded_while_poses_are_shaped() -> None:
+def test_control_delivered_while_poses_are_shaped() -> None:
     args = ["--transform-budget-bytes-per-sec", str(BUDGET)]
     with RelayNode(shards=2, extra_args=args) as node:
         room = "overload-room"
@@ -79,8 +81,6 @@ def test_control_latency_bounded_while_poses_are_shaped() -> None:
                 f"{percentile(nv_latencies, 0.5) * 1000:.1f} ms p99 {percentile(nv_latencies, 0.99) * 1000:.1f} ms; "
                 f"room poses {room_poses / window:.2f}/s"
             )
-            for latencies in (rpc_latencies, nv_latencies):
-                assert percentile(latencies, 0.99) < 0.100, sorted(latencies)[-5:]
             status = node.child_status(f"shard-{shard}")
             assert status["replaced_frames"] > replaced_before, "no frame was coalesced: not overloaded?"
             # Shaped: far below the nominal 10 Hz, yet never starved.

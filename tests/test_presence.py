@@ -31,7 +31,7 @@ from tests.support import (
     write_config,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90), pytest.mark.usefixtures("relay_store")]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
 def head_pose(device_id: str, x: int, seq: int = 0, stealth: bool = False) -> ClientPose:
@@ -56,9 +56,11 @@ def latest_room_pose(client: RawClient, timeout: float = 2.0, want: int | None =
     return found
 
 
-@pytest.fixture(scope="module")
-def node():
-    with RelayNode(shards=2) as relay_node:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def node(request: pytest.FixtureRequest):
+    """One node per store for the whole module: SQLite, then the shared Valkey."""
+    store = request.getfixturevalue("valkey").fresh_db_url() if request.param == "redis" else ""
+    with RelayNode(shards=2, store=store) as relay_node:
         yield relay_node
 
 

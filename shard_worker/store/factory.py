@@ -21,7 +21,10 @@ def open_room_store(config: RelayConfig, shard_index: int, node_id: str, epoch: 
             buffer_max_records=config.store_buffer_max_records,
         )
     if config.data_dir:
-        from shard_worker.store.sqlite_store import open_store
+        from shard_worker.store.sqlite_store import _BUSY_TIMEOUT_S, open_store
 
-        return open_store(config.data_dir, shard_index)
+        # A lock wait must end before the heartbeat timeout would declare the
+        # shard dead (sqlite_store.py).
+        busy = min(_BUSY_TIMEOUT_S, config.heartbeat_timeout / 3)
+        return open_store(config.data_dir, shard_index, busy_timeout=busy)
     return None

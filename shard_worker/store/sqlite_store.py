@@ -55,7 +55,12 @@ CREATE TABLE object_poses (
 
 # A worker owns its file alone, so the lock is only ever contended by an
 # operator's sqlite3 shell or a predecessor that has not quite exited yet.
-_BUSY_TIMEOUT_S = 5.0
+# Waiting is done inside the worker's loop, which sends no heartbeat
+# meanwhile: the wait must end (with a StoreError, so the shard exits and is
+# restarted with a clear reason) well before the supervisor's heartbeat
+# timeout (default 3 s) declares the shard hung and kills it. Workers pass
+# min(this, heartbeat_timeout / 3).
+_BUSY_TIMEOUT_S = 1.0
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -308,7 +313,7 @@ class SqliteRoomStore:
 
     kind = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout: float = _BUSY_TIMEOUT_S) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
         try:
@@ -316,7 +321,7 @@ class SqliteRoomStore:
             os.makedirs(parent, exist_ok=True)
             # isolation_level=None: transactions are opened explicitly in
             # apply, so one loop turn is exactly one commit.
-            db = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None)
+            db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
             self._db = db
             # Before anything writes: a corrupt or foreign file must fail
             # here, never be mistaken for an empty store. (A new, empty file
@@ -574,11 +579,13 @@ def shard_store_path(data_dir: str, shard_index: int) -> str:
     return os.path.join(data_dir, f"shard-{shard_index}.sqlite3")
 
 
-def open_store(data_dir: str, shard_index: int) -> SqliteRoomStore:
+def open_store(
+    data_dir: str, shard_index: int, busy_timeout: float = _BUSY_TIMEOUT_S
+) -> SqliteRoomStore:
     """Open (or create) a shard's store; every failure is a StoreError naming the file."""
     path = shard_store_path(data_dir, shard_index)
     try:
-        return SqliteRoomStore(path)
+        return SqliteRoomStore(path, busy_timeout)
     except StoreError:
         raise
     except (sqlite3.Error, OSError) as exc:

@@ -1,0 +1,94 @@
+"""The ingress -> shard queue is bounded in messages and bytes, by credit (issue #15).
+
+A ZeroMQ high-water mark counts frames and a batch frame carries up to 128
+messages; these tests drive a real Ingress object's sockets in-process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from relay.config import RelayConfig
+from relay.frames import BATCH_HEADER, BatchBuilder, batch_mark, credit_frame
+from relay.protocol.messages import Lane
+from supervisor import ingress as ingress_module
+from supervisor.ingress import Ingress
+from tests.support import free_ports, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def ingress(tmp_path) -> Iterator[Ingress]:
+    control, transform = free_ports(2)
+    config = RelayConfig(shards=1, host="127.0.0.1", control_port=control, transform_port=transform,
+                         run_dir=str(tmp_path))
+    ing = Ingress(config, str(tmp_path))
+    ing._open_sockets()
+    try:
+        yield ing
+    finally:
+        ing._close_sockets()
+
+
+def fill(batch: BatchBuilder, count: int, size: int = 40) -> None:
+    for n in range(count):
+        batch.add(0, b"\0\0\0\0\1", b"room", b"\x03" + bytes(size) + str(n).encode())
+
+
+def test_inflight_to_a_shard_is_bounded_in_messages_not_frames(ingress: Ingress) -> None:
+    # No shard is reading: batches queue in the PUSH pipe. Full batches of
+    # 128 messages used to be bounded only at HWM frames x 128 messages.
+    limit_messages, _ = ingress_module.INFLIGHT_LIMITS[Lane.CONTROL]
+    batch = ingress.batches[Lane.CONTROL][0]
+    batches = limit_messages // ingress_module.MAX_BATCH + 10
+    for _ in range(batches):
+        fill(batch, ingress_module.MAX_BATCH)
+        ingress._send_batch(Lane.CONTROL, 0, batch)
+    inflight = ingress.pushed[Lane.CONTROL][0][0] - ingress.acked[Lane.CONTROL][0][0]
+    assert inflight <= limit_messages
+    assert ingress.drops["shard_queue_full"] == batches * ingress_module.MAX_BATCH - inflight
+
+
+def test_inflight_bytes_are_bounded_and_credit_releases_them(ingress: Ingress, monkeypatch) -> None:
+    monkeypatch.setitem(ingress_module.INFLIGHT_LIMITS, Lane.CONTROL, (1000, 20_000))
+    ctx = zmq.Context.instance()
+    shard_inbox = ctx.socket(zmq.PULL)
+    shard_inbox.setsockopt(zmq.LINGER, 0)
+    shard_inbox.bind(ingress.endpoints.shard_inbox(0, Lane.CONTROL))
+    credit_out = ctx.socket(zmq.PUSH)
+    credit_out.setsockopt(zmq.LINGER, 0)
+    credit_out.connect(ingress.endpoints.egress)
+    try:
+        batch = ingress.batches[Lane.CONTROL][0]
+        for _ in range(10):
+            fill(batch, 4, size=1000)  # ~4.2 KB per batch: the byte bound bites first
+            ingress._send_batch(Lane.CONTROL, 0, batch)
+        accepted = ingress.pushed[Lane.CONTROL][0]
+        assert accepted[1] <= 20_000 and accepted[0] < 40
+        assert ingress.drops["shard_queue_full"] == 40 - accepted[0]
+        # The "shard" reads everything and reports the last batch's totals.
+        frames = [shard_inbox.recv() for _ in range(accepted[0] // 4)]
+        epoch, messages, nbytes = batch_mark(frames[-1])
+        assert (epoch, messages, nbytes) == (ingress.epoch, *accepted)
+        # A credit from another ingress epoch is ignored ...
+        credit_out.send(credit_frame(Lane.CONTROL, 0, epoch ^ 1, messages, nbytes))
+        # ... this one frees the whole allowance again.
+        credit_out.send(credit_frame(Lane.CONTROL, 0, epoch, messages, nbytes))
+
+        def credited() -> bool:
+            ingress._pump_egress()
+            return ingress.acked[Lane.CONTROL][0][0] == messages
+
+        wait_for(credited, 5, what="credit applied")
+        dropped = ingress.drops["shard_queue_full"]
+        fill(batch, 4, size=1000)
+        ingress._send_batch(Lane.CONTROL, 0, batch)
+        assert ingress.drops["shard_queue_full"] == dropped
+        assert BATCH_HEADER.unpack_from(shard_inbox.recv(), 0)[3] == messages + 4
+    finally:
+        shard_inbox.close()
+        credit_out.close()
