@@ -118,11 +118,11 @@ class RoomObject:
 
 
 class NvLimitError(ValueError):
-    """A REST write that the limits refuse as a whole (HTTP 409)."""
+    """A REST write that the limits refuse as a whole (outcome ``limit_exceeded``)."""
 
 
 class RestValidationError(ValueError):
-    """A REST write with a name or value the wire cannot carry (HTTP 422)."""
+    """A REST write with a name or value the wire cannot carry (outcome ``invalid``)."""
 
 
 def truncate_text(text: str, max_chars: int) -> str:

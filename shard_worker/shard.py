@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import asdict
 from typing import Any
 
+from relay.admin import Outcome, ok, refused
 from relay.histogram import LatencyHistogram
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
 from relay.protocol.fastpath import split_client_pose, split_object_pose
@@ -304,48 +305,48 @@ class ShardState:
     # ---------------------------------------------------------------- admin
 
     def admin(self, request: dict, now: float) -> tuple[dict, list[UnicastOut]]:
-        """REST bridge operations on room state. Replies carry an HTTP status."""
+        """REST bridge operations on room state (ops and outcomes: ``relay/admin.py``)."""
         op = request.get("op")
         room_id = request.get("room")
         if op == "stats":
-            return {"status": 200, "body": self.stats()}, []
+            return ok(self.stats()), []
         if not isinstance(room_id, str):
-            return {"status": 400, "body": {"detail": "room id missing"}}, []
+            return refused(Outcome.BAD_REQUEST, "room id missing"), []
         device_id = request.get("device")
         try:
             if op == "client_vars_set":
                 room = self._room(room_id, now)
                 body, out = room.rest_set_client_vars(device_id, request["variables"], now)
                 body = {"roomId": room_id, "deviceId": device_id, "mapping": {"clientNo": body["clientNo"]}, "result": body["result"]}
-                return {"status": 200, "body": body}, self._tag(room, out)
+                return ok(body), self._tag(room, out)
             if op == "client_vars_get":
                 room = self._room(room_id, now, create=False)
                 if room is None:
-                    return {"status": 200, "body": {"clientNo": None, "variables": {}}}, []
-                return {"status": 200, "body": room.rest_get_client_vars(device_id)}, []
+                    return ok({"clientNo": None, "variables": {}}), []
+                return ok(room.rest_get_client_vars(device_id)), []
             if op == "client_vars_delete":
                 room = self._room(room_id, now, create=False)
                 if room is None:
-                    return {"status": 200, "body": {"clientNo": None, "deletedCount": 0}}, []
+                    return ok({"clientNo": None, "deletedCount": 0}), []
                 body, out = room.rest_delete_client_vars(device_id, request.get("name"))
-                return {"status": 200, "body": body}, self._tag(room, out)
+                return ok(body), self._tag(room, out)
             if op == "globals_set":
                 room = self._room(room_id, now)
                 body, out = room.rest_set_globals(request["variables"])
-                return {"status": 200, "body": {"roomId": room_id, **body}}, self._tag(room, out)
+                return ok({"roomId": room_id, **body}), self._tag(room, out)
             if op == "globals_get":
                 # Any REST global-variable call names the room into existence (§1).
                 room = self._room(room_id, now)
-                return {"status": 200, "body": room.rest_get_globals()}, []
+                return ok(room.rest_get_globals()), []
         except NvLimitError as exc:
-            return {"status": 409, "body": {"detail": str(exc)}}, []
+            return refused(Outcome.LIMIT_EXCEEDED, str(exc)), []
         except RestValidationError as exc:
-            return {"status": 422, "body": {"detail": str(exc)}}, []
+            return refused(Outcome.INVALID, str(exc)), []
         except ProtocolError as exc:
-            return {"status": 503, "body": {"detail": f"room refused: {exc}"}}, []
+            return refused(Outcome.UNAVAILABLE, f"room refused: {exc}"), []
         except (KeyError, TypeError, AttributeError) as exc:
-            return {"status": 400, "body": {"detail": f"malformed request: {exc}"}}, []
-        return {"status": 400, "body": {"detail": f"unknown op {op!r}"}}, []
+            return refused(Outcome.BAD_REQUEST, f"malformed request: {exc}"), []
+        return refused(Outcome.BAD_REQUEST, f"unknown op {op!r}"), []
 
     def stats(self) -> dict[str, Any]:
         totals: Counter[str] = Counter()

@@ -28,7 +28,7 @@ from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
 from relay.status import write_status
 from supervisor.discovery import DiscoveryService
-from supervisor.rest_bridge import ShardClient, create_app
+from supervisor.rest import ShardClient, create_app
 
 __all__ = ["run_frontdesk"]
 
