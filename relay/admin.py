@@ -10,6 +10,31 @@ Wire form (JSON, one ZeroMQ frame each way, matched by a request id frame):
 - request: ``{"op": <op>, "room": <room id>, ...op fields, "deadline": <unix time>}``
 - reply:   ``{"outcome": "ok", "body": {...}}`` or
   ``{"outcome": <any other outcome>, "detail": "<why, for a human>"}``
+
+Ops (fields besides ``op``):
+
+=====================  ==============================================  =========================
+op                     fields                                          refusals
+=====================  ==============================================  =========================
+``stats``              --                                              --
+``rooms_list``         ``search`` (substring, any case), ``limit``     bad_request
+``room_detail``        ``room``                                        not_found (never creates)
+``evict``              ``room``, ``device``                            not_found
+``globals_get``        ``room``                                        unavailable
+``globals_set``        ``room``, ``variables``, ``must_exist``?        limit_exceeded, invalid,
+                                                                       not_found, unavailable
+``client_vars_get``    ``room``, ``device``                            --
+``client_vars_set``    ``room``, ``device``, ``variables``,            as ``globals_set``
+                       ``must_exist``?
+``client_vars_delete`` ``room``, ``device``, ``name`` (None: all),     not_found (must_exist)
+                       ``must_exist``?
+=====================  ==============================================  =========================
+
+``must_exist: true`` (operator actions) refuses with ``not_found`` instead of
+creating the room, which the reference's variable calls do (BEHAVIOR §1).
+Any op may also be answered ``bad_request`` (malformed), ``unavailable`` (the
+shard holds all the rooms it may, or the deadline passed) or
+``internal_error``.
 """
 
 from __future__ import annotations

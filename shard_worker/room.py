@@ -683,6 +683,17 @@ class Room:
                 out.extend(self._set_owner(object_id, obj, 0))
         return out
 
+    def evict_member(self, device_id: str, now: float) -> list[Unicast]:
+        """Operator eviction: exactly what a timeout does to one member (BEHAVIOR §6).
+
+        Number, mapping and client variables are kept; a client that is still
+        running comes back with its next message, as after a timeout.
+        """
+        out = self.remove_member(device_id)
+        if not self.members and self.empty_since is None:
+            self.empty_since = now
+        return out
+
     def _expire_device(self, device_id: str) -> None:
         device = self.devices.pop(device_id)
         self.numbers.pop(device.client_no, None)

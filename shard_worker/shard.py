@@ -30,6 +30,7 @@ from relay.protocol.messages import (
     Rpc,
 )
 from shard_worker.room import NvLimitError, RestValidationError, Room, RoomCounters, RoomSettings
+from shard_worker.room_view import list_rooms, room_detail
 
 log = logging.getLogger(__name__)
 
@@ -310,12 +311,26 @@ class ShardState:
         room_id = request.get("room")
         if op == "stats":
             return ok(self.stats()), []
+        if op == "rooms_list":
+            return self._rooms_list(request), []
         if not isinstance(room_id, str):
             return refused(Outcome.BAD_REQUEST, "room id missing"), []
         device_id = request.get("device")
+        # Operator actions act on rooms that exist; unlike the reference's
+        # variable calls (BEHAVIOR §1) they never name a room into existence.
+        create = request.get("must_exist") is not True
         try:
+            if op == "room_detail":
+                room = self._room(room_id, now, create=False)
+                if room is None:
+                    return self._no_room(room_id), []
+                return ok(room_detail(room, now)), []
+            if op == "evict":
+                return self._evict(room_id, device_id, now)
             if op == "client_vars_set":
-                room = self._room(room_id, now)
+                room = self._room(room_id, now, create=create)
+                if room is None:
+                    return self._no_room(room_id), []
                 body, out = room.rest_set_client_vars(device_id, request["variables"], now)
                 body = {"roomId": room_id, "deviceId": device_id, "mapping": {"clientNo": body["clientNo"]}, "result": body["result"]}
                 return ok(body), self._tag(room, out)
@@ -327,11 +342,15 @@ class ShardState:
             if op == "client_vars_delete":
                 room = self._room(room_id, now, create=False)
                 if room is None:
+                    if not create:
+                        return self._no_room(room_id), []
                     return ok({"clientNo": None, "deletedCount": 0}), []
                 body, out = room.rest_delete_client_vars(device_id, request.get("name"))
                 return ok(body), self._tag(room, out)
             if op == "globals_set":
-                room = self._room(room_id, now)
+                room = self._room(room_id, now, create=create)
+                if room is None:
+                    return self._no_room(room_id), []
                 body, out = room.rest_set_globals(request["variables"])
                 return ok({"roomId": room_id, **body}), self._tag(room, out)
             if op == "globals_get":
@@ -347,6 +366,36 @@ class ShardState:
         except (KeyError, TypeError, AttributeError) as exc:
             return refused(Outcome.BAD_REQUEST, f"malformed request: {exc}"), []
         return refused(Outcome.BAD_REQUEST, f"unknown op {op!r}"), []
+
+    @staticmethod
+    def _no_room(room_id: str) -> dict:
+        return refused(Outcome.NOT_FOUND, f"Room '{room_id}' not found")
+
+    def _rooms_list(self, request: dict) -> dict:
+        search, limit = request.get("search", ""), request.get("limit")
+        if not isinstance(search, str):
+            return refused(Outcome.BAD_REQUEST, "search must be a string")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            return refused(Outcome.BAD_REQUEST, "limit must be a non-negative integer")
+        total, rooms = list_rooms(self.rooms, search, limit)
+        return ok({"total": total, "rooms": rooms})
+
+    def _evict(self, room_id: str, device_id: Any, now: float) -> tuple[dict, list[UnicastOut]]:
+        if not isinstance(device_id, str):
+            return refused(Outcome.BAD_REQUEST, "device id missing"), []
+        room = self._room(room_id, now, create=False)
+        if room is None:
+            return self._no_room(room_id), []
+        member = room.members.get(device_id)
+        if member is None:
+            return refused(Outcome.NOT_FOUND, f"Device '{device_id}' is not a member of room '{room_id}'"), []
+        out = room.evict_member(device_id, now)
+        self._timer_rooms.add(room_id)
+        # Like a timeout found by the sweep: peers see the member vanish from
+        # the next mapping broadcast (leading edge: this turn if not throttled).
+        out.extend(self._room_timers(room, now))
+        body = {"roomId": room_id, "deviceId": device_id, "clientNo": member.client_no}
+        return ok(body), self._tag(room, out)
 
     def stats(self) -> dict[str, Any]:
         totals: Counter[str] = Counter()
