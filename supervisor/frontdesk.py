@@ -128,7 +128,7 @@ async def _write_status(
 
 async def _serve(config: RelayConfig, run_dir: str, heartbeat: Any, sock: socket.socket) -> int:
     client = ShardClient.for_node(config, run_dir)
-    app = create_app(config, client)
+    app = create_app(config, client, run_dir)
     level = config.log_level_console.lower()
     uv_config = uvicorn.Config(
         app,

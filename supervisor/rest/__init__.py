@@ -1,4 +1,4 @@
-"""HTTP REST bridge (BEHAVIOR §12): network variables over JSON, one file per job.
+"""HTTP REST bridge (BEHAVIOR §12) and operator console: one file per job.
 
 | module | holds |
 |---|---|
@@ -6,6 +6,12 @@
 | ``routes_variables.py`` | the reference's client/global variable endpoints |
 | ``log_export.py`` | ``GET /logs/export`` and the log-file reader behind it |
 | ``models.py`` | request/response bodies and the fixed REST limits |
+| ``routes_cluster.py`` | ``GET /v1/cluster``: the console's node view |
+| ``routes_rooms.py`` | ``GET /v1/rooms`` (search, paging) and ``GET /v1/rooms/{roomId}`` |
+| ``routes_actions.py`` | ``POST /v1/rooms/{roomId}/actions``: operator actions (token only) |
+| ``models_console.py`` | bodies of those three |
+| ``node_status.py`` | the run dir's status files: supervisor, shards, rates |
+| ``console.py`` + ``console/`` | the console's static page, served at ``/console/`` |
 | ``room_calls.py`` | room id -> owning shard -> reply, as routes use it |
 | ``shard_client.py`` | request/reply to a shard's admin socket over ZeroMQ |
 | ``outcomes.py`` | the one mapping from room outcomes to HTTP statuses |

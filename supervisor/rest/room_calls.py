@@ -12,6 +12,8 @@ import logging
 from collections import Counter
 from typing import Any
 
+from fastapi import HTTPException
+
 from relay.admin import Outcome
 from relay.hashing import shard_for_room
 from supervisor.rest.outcomes import http_error
@@ -65,3 +67,11 @@ class RoomCalls:
         if outcome in (Outcome.UNAVAILABLE, Outcome.INTERNAL_ERROR):
             detail = f"shard {shard}: {detail}"
         raise http_error(outcome, detail)
+
+    async def try_shard(self, shard: int, request: dict[str, Any]) -> dict[str, Any] | HTTPException:
+        """Like :meth:`shard`, but an error is returned instead of raised: views
+        over every shard show what the others answered rather than failing."""
+        try:
+            return await self.shard(shard, request)
+        except HTTPException as exc:
+            return exc

@@ -43,14 +43,23 @@ class BearerAuthMiddleware:
 
     Sits inside the CORS middleware, so preflights are answered before this
     runs and error replies still carry CORS headers a browser can read.
+    ``public_paths`` (and everything below them) may be read without a token:
+    static files a browser must load before it can ask for the token.
     """
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: ASGIApp, token: str, public_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.token = token.encode("utf-8")
+        self.public_paths = public_paths
+
+    def _public(self, scope: Scope) -> bool:
+        if scope.get("method") not in ("GET", "HEAD"):
+            return False
+        path = scope.get("path", "")
+        return any(path == p or path.startswith(p + "/") for p in self.public_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or self._public(scope):
             await self.app(scope, receive, send)
             return
         header = b""
@@ -113,13 +122,17 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
-def install_security(app: FastAPI, config: RelayConfig) -> None:
+def install_security(
+    app: FastAPI, config: RelayConfig, public_paths: tuple[str, ...] = ()
+) -> None:
     """Body cap, optional bearer token and the reference's CORS rules (BEHAVIOR §12)."""
     # Added innermost first: CORS must be outermost so preflights never need
     # the token and every error reply (401/403/413) still carries CORS headers.
     app.add_middleware(BodyLimitMiddleware, limit=config.rest_max_body_bytes)
     if config.rest_token:
-        app.add_middleware(BearerAuthMiddleware, token=config.rest_token)
+        app.add_middleware(
+            BearerAuthMiddleware, token=config.rest_token, public_paths=public_paths
+        )
     app.add_middleware(
         CORSMiddleware,
         # A regex (not "*") makes Starlette echo the caller's origin, which
