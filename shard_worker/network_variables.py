@@ -59,11 +59,11 @@ class Var:
 
 
 class NvLimitError(ValueError):
-    """A REST write that the limits refuse as a whole (HTTP 409)."""
+    """A REST write that the limits refuse as a whole (outcome ``limit_exceeded``)."""
 
 
 class RestValidationError(ValueError):
-    """A REST write with a name or value the wire cannot carry (HTTP 422)."""
+    """A REST write with a name or value the wire cannot carry (outcome ``invalid``)."""
 
 
 def truncate_text(text: str, max_chars: int) -> str:
@@ -129,7 +129,7 @@ class NetworkVariables:
         return {name for (no, name) in self.pending_client if no == client_no}
 
     def check_rest_variables(self, variables: dict[str, str]) -> None:
-        """REST refuses what a live write would truncate (HTTP 422, BEHAVIOR §12)."""
+        """REST refuses what a live write would truncate (outcome ``invalid``, BEHAVIOR §12)."""
         for name, value in variables.items():
             if not isinstance(name, str) or not isinstance(value, str):
                 raise RestValidationError("names and values must be strings")

@@ -449,6 +449,17 @@ class Room:
         self.mapping_dirty = True
         return self._to_room(self.object_table.release_all(member.client_no))
 
+    def evict_member(self, device_id: str, now: float) -> list[Unicast]:
+        """Operator eviction: exactly what a timeout does to one member (BEHAVIOR §6).
+
+        Number, mapping and client variables are kept; a client that is still
+        running comes back with its next message, as after a timeout.
+        """
+        out = self.remove_member(device_id)
+        if not self.members and self.empty_since is None:
+            self.empty_since = now
+        return out
+
     def _expire_device(self, device_id: str) -> None:
         client_no = self.numbering.expire(device_id)
         self.nv.forget_device(device_id, client_no)

@@ -14,6 +14,7 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from relay.admin import Outcome, ok, refused
 from relay.histogram import LatencyHistogram
 from relay.logs import RateLimitedLog
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
@@ -37,6 +38,7 @@ from shard_worker.room import (
     RoomSettings,
 )
 from shard_worker.room import limited_log as room_log
+from shard_worker.room_view import list_rooms, room_detail
 from shard_worker.store.base import LeaseBusy, RoomStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -429,50 +431,98 @@ class ShardState:
     # ---------------------------------------------------------------- admin
 
     def admin(self, request: dict, now: float) -> tuple[dict, list[UnicastOut]]:
-        """REST bridge operations on room state. Replies carry an HTTP status."""
+        """REST bridge operations on room state (ops and outcomes: ``relay/admin.py``)."""
         op = request.get("op")
         room_id = request.get("room")
         if op == "stats":
-            return {"status": 200, "body": self.stats()}, []
+            return ok(self.stats()), []
+        if op == "rooms_list":
+            return self._rooms_list(request), []
         if not isinstance(room_id, str):
-            return {"status": 400, "body": {"detail": "room id missing"}}, []
+            return refused(Outcome.BAD_REQUEST, "room id missing"), []
         device_id = request.get("device")
+        # Operator actions act on rooms that exist; unlike the reference's
+        # variable calls (BEHAVIOR §1) they never name a room into existence.
+        create = request.get("must_exist") is not True
         try:
+            if op == "room_detail":
+                room = self._room(room_id, now, create=False)
+                if room is None:
+                    return self._no_room(room_id), []
+                return ok(room_detail(room, now)), []
+            if op == "evict":
+                return self._evict(room_id, device_id, now)
             if op == "client_vars_set":
-                room = self._room(room_id, now)
+                room = self._room(room_id, now, create=create)
+                if room is None:
+                    return self._no_room(room_id), []
                 body, out = room.rest_set_client_vars(device_id, request["variables"], now)
                 body = {"roomId": room_id, "deviceId": device_id, "mapping": {"clientNo": body["clientNo"]}, "result": body["result"]}
-                return {"status": 200, "body": body}, self._tag(room, out)
+                return ok(body), self._tag(room, out)
             if op == "client_vars_get":
                 room = self._room(room_id, now, create=False)
                 if room is None:
-                    return {"status": 200, "body": {"clientNo": None, "variables": {}}}, []
-                return {"status": 200, "body": room.rest_get_client_vars(device_id)}, []
+                    return ok({"clientNo": None, "variables": {}}), []
+                return ok(room.rest_get_client_vars(device_id)), []
             if op == "client_vars_delete":
                 room = self._room(room_id, now, create=False)
                 if room is None:
-                    return {"status": 200, "body": {"clientNo": None, "deletedCount": 0}}, []
+                    if not create:
+                        return self._no_room(room_id), []
+                    return ok({"clientNo": None, "deletedCount": 0}), []
                 body, out = room.rest_delete_client_vars(device_id, request.get("name"))
-                return {"status": 200, "body": body}, self._tag(room, out)
+                return ok(body), self._tag(room, out)
             if op == "globals_set":
-                room = self._room(room_id, now)
+                room = self._room(room_id, now, create=create)
+                if room is None:
+                    return self._no_room(room_id), []
                 body, out = room.rest_set_globals(request["variables"])
-                return {"status": 200, "body": {"roomId": room_id, **body}}, self._tag(room, out)
+                return ok({"roomId": room_id, **body}), self._tag(room, out)
             if op == "globals_get":
                 # Any REST global-variable call names the room into existence (§1).
                 room = self._room(room_id, now)
-                return {"status": 200, "body": room.rest_get_globals()}, []
+                return ok(room.rest_get_globals()), []
         except NvLimitError as exc:
-            return {"status": 409, "body": {"detail": str(exc)}}, []
+            return refused(Outcome.LIMIT_EXCEEDED, str(exc)), []
         except RestValidationError as exc:
-            return {"status": 422, "body": {"detail": str(exc)}}, []
+            return refused(Outcome.INVALID, str(exc)), []
         except ProtocolError as exc:
-            return {"status": 503, "body": {"detail": f"room refused: {exc}"}}, []
+            return refused(Outcome.UNAVAILABLE, f"room refused: {exc}"), []
         except (LeaseBusy, StoreUnavailable) as exc:
-            return {"status": 503, "body": {"detail": f"room unavailable: {exc}"}}, []
+            return refused(Outcome.UNAVAILABLE, f"room unavailable: {exc}"), []
         except (KeyError, TypeError, AttributeError) as exc:
-            return {"status": 400, "body": {"detail": f"malformed request: {exc}"}}, []
-        return {"status": 400, "body": {"detail": f"unknown op {op!r}"}}, []
+            return refused(Outcome.BAD_REQUEST, f"malformed request: {exc}"), []
+        return refused(Outcome.BAD_REQUEST, f"unknown op {op!r}"), []
+
+    @staticmethod
+    def _no_room(room_id: str) -> dict:
+        return refused(Outcome.NOT_FOUND, f"Room '{room_id}' not found")
+
+    def _rooms_list(self, request: dict) -> dict:
+        search, limit = request.get("search", ""), request.get("limit")
+        if not isinstance(search, str):
+            return refused(Outcome.BAD_REQUEST, "search must be a string")
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            return refused(Outcome.BAD_REQUEST, "limit must be a non-negative integer")
+        total, rooms = list_rooms(self.rooms, search, limit)
+        return ok({"total": total, "rooms": rooms})
+
+    def _evict(self, room_id: str, device_id: Any, now: float) -> tuple[dict, list[UnicastOut]]:
+        if not isinstance(device_id, str):
+            return refused(Outcome.BAD_REQUEST, "device id missing"), []
+        room = self._room(room_id, now, create=False)
+        if room is None:
+            return self._no_room(room_id), []
+        member = room.members.get(device_id)
+        if member is None:
+            return refused(Outcome.NOT_FOUND, f"Device '{device_id}' is not a member of room '{room_id}'"), []
+        out = room.evict_member(device_id, now)
+        self._timer_rooms.add(room_id)
+        # Like a timeout found by the sweep: peers see the member vanish from
+        # the next mapping broadcast (leading edge: this turn if not throttled).
+        out.extend(self._room_timers(room, now))
+        body = {"roomId": room_id, "deviceId": device_id, "clientNo": member.client_no}
+        return ok(body), self._tag(room, out)
 
     def _refresh_totals(self) -> list[int]:
         totals = self._totals

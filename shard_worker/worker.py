@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import zmq
 
+from relay.admin import Outcome, refused
 from relay.cluster.placement import owner_of
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
@@ -246,18 +247,18 @@ class ShardWorker:
                     raise ValueError("request is not an object")
                 deadline = request.get("deadline")
                 if isinstance(deadline, (int, float)) and time.time() > deadline:
-                    # The bridge already answered 503: applying it now would
-                    # make that answer a lie.
-                    reply, unicasts = {"status": 503, "body": {"detail": "request expired in the shard queue"}}, []
+                    # The bridge already told its caller the shard was
+                    # unavailable: applying it now would make that answer a lie.
+                    reply, unicasts = refused(Outcome.UNAVAILABLE, "request expired in the shard queue"), []
                 else:
                     reply, unicasts = self.state.admin(request, now)
             except (orjson.JSONDecodeError, ValueError) as exc:
-                reply, unicasts = {"status": 400, "body": {"detail": f"bad admin request: {exc}"}}, []
+                reply, unicasts = refused(Outcome.BAD_REQUEST, f"bad admin request: {exc}"), []
             except Exception:  # one bad request must not take the shard down
                 self.state.events.exception("admin_error", "admin request failed: %r", body[:200])
-                reply, unicasts = {"status": 500, "body": {"detail": "internal error in shard"}}, []
+                reply, unicasts = refused(Outcome.INTERNAL_ERROR, "internal error in shard"), []
             self._enqueue(unicasts, 0)
-            # Journal before the reply: a 200 means the write is on disk.
+            # Journal before the reply: an "ok" means the write is on disk.
             self._journal()
             self.admin_sock.send_multipart([peer, request_id, orjson.dumps(reply)])
 

@@ -28,7 +28,8 @@ from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
 from relay.status import write_status
 from supervisor.discovery import DiscoveryService
-from supervisor.rest_bridge import ShardClient, create_app, limited_log
+from supervisor.rest import ShardClient, create_app
+from supervisor.rest.shard_client import limited_log
 
 __all__ = ["run_frontdesk"]
 
@@ -131,7 +132,7 @@ async def _write_status(
 
 async def _serve(config: RelayConfig, run_dir: str, heartbeat: Any, sock: socket.socket) -> int:
     client = ShardClient.for_node(config, run_dir)
-    app = create_app(config, client)
+    app = create_app(config, client, run_dir)
     level = config.log_level_console.lower()
     uv_config = uvicorn.Config(
         app,

@@ -42,7 +42,7 @@ def test_refused_writes_cost_a_handful_of_log_lines_with_a_count() -> None:
 
 
 def test_rest_failures_are_rate_limited_too(caplog: pytest.LogCaptureFixture) -> None:
-    from supervisor import rest_bridge
+    from supervisor.rest import shard_client as rest_bridge
     from tests.test_rest import make_client
 
     client, fake = make_client()

@@ -24,10 +24,12 @@ import orjson
 import pytest
 import zmq
 
+from relay.admin import Outcome
+from relay.admin import ok as admin_ok
 from relay.config import RelayConfig
 from relay.hashing import shard_for_room
 from relay.protocol.messages import ClientVarSync
-from supervisor.rest_bridge import (
+from supervisor.rest import (
     ShardClient,
     ShardReplyError,
     ShardUnavailable,
@@ -61,7 +63,7 @@ class FakeShard:
         self.requests: list[tuple[int, dict[str, Any]]] = []
         self.unavailable: set[int] = set()
 
-    async def request(self, shard: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async def request(self, shard: int, body: dict[str, Any]) -> tuple[Outcome, dict[str, Any]]:
         self.requests.append((shard, body))
         if shard in self.unavailable:
             raise ShardUnavailable(shard, 0.5)
@@ -69,26 +71,26 @@ class FakeShard:
         if op == "globals_set":
             store = self.globals.setdefault(room, {})
             if len(set(store) | set(body["variables"])) > 100:
-                return 409, {"detail": "Too many global variables (> 100) for room"}
+                return Outcome.LIMIT_EXCEEDED, {"detail": "Too many global variables (> 100) for room"}
             store.update(body["variables"])
-            return 200, {
+            return Outcome.OK, {
                 "roomId": room,
                 "result": {k: {"state": "applied"} for k in body["variables"]},
             }
         if op == "globals_get":
-            return 200, {"variables": dict(self.globals.get(room, {}))}
+            return Outcome.OK, {"variables": dict(self.globals.get(room, {}))}
         key = (room, body.get("device"))
         if op == "client_vars_set":
             store = self.client_vars.setdefault(key, {})
             store.update(body["variables"])
-            return 200, {
+            return Outcome.OK, {
                 "roomId": room,
                 "deviceId": key[1],
                 "mapping": {"clientNo": None},
                 "result": {k: {"state": "queued"} for k in body["variables"]},
             }
         if op == "client_vars_get":
-            return 200, {"clientNo": None, "variables": dict(self.client_vars.get(key, {}))}
+            return Outcome.OK, {"clientNo": None, "variables": dict(self.client_vars.get(key, {}))}
         if op == "client_vars_delete":
             store = self.client_vars.get(key, {})
             if body["name"] is None:
@@ -96,8 +98,8 @@ class FakeShard:
                 store.clear()
             else:
                 count = 1 if store.pop(body["name"], None) is not None else 0
-            return 200, {"clientNo": None, "deletedCount": count}
-        return 400, {"detail": f"unknown op {op!r}"}
+            return Outcome.OK, {"clientNo": None, "deletedCount": count}
+        return Outcome.BAD_REQUEST, {"detail": f"unknown op {op!r}"}
 
     async def close(self) -> None:
         pass
@@ -138,6 +140,11 @@ def test_openapi_document_lists_every_endpoint(local: tuple[TestClient, FakeShar
         gv: {"get", "post"},
         gv + "/{name}": {"get"},
         "/logs/export": {"get"},
+        # The operator console's API (tests/test_console_api.py).
+        "/v1/cluster": {"get"},
+        "/v1/rooms": {"get"},
+        "/v1/rooms/{room_id}": {"get"},
+        "/v1/rooms/{room_id}/actions": {"post"},
     }
     assert {path: set(ops) for path, ops in doc["paths"].items()} == expected
     assert client.get("/docs").status_code == 200
@@ -494,7 +501,7 @@ def test_shard_client_times_out_and_discards_late_replies(tmp_path: Path) -> Non
                 continue
             peer, request_id, body = router.recv_multipart()
             request = orjson.loads(body)
-            reply = [peer, request_id, orjson.dumps({"status": 200, "body": {"echo": request["n"]}})]
+            reply = [peer, request_id, orjson.dumps(admin_ok({"echo": request["n"]}))]
             if request["n"] == -1:
                 router.send_multipart([peer, request_id, b"not a reply"])
                 continue
@@ -517,7 +524,7 @@ def test_shard_client_times_out_and_discards_late_replies(tmp_path: Path) -> Non
                 await client.request(0, {"n": 0})
             assert 0.25 < time.monotonic() - started < 1.0
             assert str(info.value) == "shard 0 did not answer within 0.3s"
-            assert await client.request(0, {"n": 1}) == (200, {"echo": 1})
+            assert await client.request(0, {"n": 1}) == (Outcome.OK, {"echo": 1})
             replies = await asyncio.gather(*(client.request(0, {"n": n}) for n in range(2, 60)))
             assert [body["echo"] for _, body in replies] == list(range(2, 60))
             assert client.counts["late_replies"] == 1

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from relay.config import RelayConfig
-from supervisor.rest_bridge import MAX_NAME_BYTES, create_app
+from supervisor.rest import MAX_NAME_BYTES, create_app
 from tests.support import RelayNode, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

@@ -534,7 +534,7 @@ def test_rest_client_vars_for_an_unmapped_device_are_queued_and_published_on_joi
         {"op": "client_vars_set", "room": "r", "device": "N", "variables": {"k": "v"}}, 1.0
     )
     assert reply == {
-        "status": 200,
+        "outcome": "ok",
         "body": {
             "roomId": "r",
             "deviceId": "N",
@@ -544,7 +544,7 @@ def test_rest_client_vars_for_an_unmapped_device_are_queued_and_published_on_joi
     }
     assert out == []
     get = state.admin({"op": "client_vars_get", "room": "r", "device": "N"}, 1.0)[0]
-    assert get == {"status": 200, "body": {"clientNo": None, "variables": {"k": "v"}}}
+    assert get == {"outcome": "ok", "body": {"clientNo": None, "variables": {"k": "v"}}}
 
     joined = out_msgs(state.handle(CTRL, b"n", b"r", hello("N"), 2.0))
     assert (
@@ -565,7 +565,7 @@ def test_rest_client_vars_for_a_mapped_device_apply_now_and_cancel_buffered_live
         {"op": "client_vars_set", "room": "r", "device": "A", "variables": {"k": "rest"}}, 1.02
     )
 
-    assert reply["status"] == 200
+    assert reply["outcome"] == "ok"
     assert reply["body"]["mapping"] == {"clientNo": 1}
     assert reply["body"]["result"] == {"k": {"state": "applied"}}
     assert out_msgs(out) == [
@@ -586,16 +586,16 @@ def test_rest_client_vars_over_the_limit_are_refused_as_a_whole() -> None:
     state.handle(CTRL, b"a", b"r", hello("A"), 0.0)
     many = {f"v{i}": "x" for i in range(100)}
     req = {"op": "client_vars_set", "room": "r", "device": "A"}
-    assert state.admin({**req, "variables": many}, 1.0)[0]["status"] == 200
+    assert state.admin({**req, "variables": many}, 1.0)[0]["outcome"] == "ok"
 
     reply, out = state.admin({**req, "variables": {"v0": "y", "new": "y"}}, 1.1)
 
-    assert reply["status"] == 409 and out == []
-    assert reply["body"]["detail"].startswith("Too many client variables (> 100) for device")
+    assert reply["outcome"] == "limit_exceeded" and out == []
+    assert reply["detail"].startswith("Too many client variables (> 100) for device")
     body = state.admin({"op": "client_vars_get", "room": "r", "device": "A"}, 1.2)[0]["body"]
     assert len(body["variables"]) == 100 and body["variables"]["v0"] == "x"
     # Updates of existing names alone are fine.
-    assert state.admin({**req, "variables": {"v0": "y"}}, 1.3)[0]["status"] == 200
+    assert state.admin({**req, "variables": {"v0": "y"}}, 1.3)[0]["outcome"] == "ok"
 
 
 def test_rest_delete_client_vars_one_and_all() -> None:
@@ -605,7 +605,7 @@ def test_rest_delete_client_vars_one_and_all() -> None:
     state.admin({**req, "op": "client_vars_set", "variables": {"x": "1", "y": "2"}}, 1.0)
 
     reply, out = state.admin({**req, "op": "client_vars_delete", "name": "x"}, 1.1)
-    assert reply == {"status": 200, "body": {"clientNo": 1, "deletedCount": 1}}
+    assert reply == {"outcome": "ok", "body": {"clientNo": 1, "deletedCount": 1}}
     assert out_msgs(out) == [
         (b"r", frozenset({b"a"}), ClientVarSync((ClientVars(1, (VarEntry("y", "2", 0),)),)))
     ]
@@ -623,7 +623,7 @@ def test_rest_globals_apply_directly_with_last_writer_0_and_read_back() -> None:
         {"op": "globals_set", "room": "r", "variables": {"mode": "race", "lap": "1"}}, 1.0
     )
     assert reply == {
-        "status": 200,
+        "outcome": "ok",
         "body": {
             "roomId": "r",
             "result": {"mode": {"state": "applied"}, "lap": {"state": "applied"}},
@@ -637,7 +637,7 @@ def test_rest_globals_apply_directly_with_last_writer_0_and_read_back() -> None:
         )
     ]
     get = state.admin({"op": "globals_get", "room": "r"}, 1.1)[0]
-    assert get == {"status": 200, "body": {"variables": {"mode": "race", "lap": "1"}}}
+    assert get == {"outcome": "ok", "body": {"variables": {"mode": "race", "lap": "1"}}}
     # No internal stealth member appears (W12 not reproduced).
     assert list(state.rooms["r"].members) == ["A"]
     # A repeated POST of the same values is a no-op: nothing sent.
@@ -647,9 +647,9 @@ def test_rest_globals_apply_directly_with_last_writer_0_and_read_back() -> None:
 def test_rest_globals_over_the_limit_are_409() -> None:
     state = new_state(max_global_vars=2)
     req = {"op": "globals_set", "room": "r"}
-    assert state.admin({**req, "variables": {"a": "1", "b": "1"}}, 0.0)[0]["status"] == 200
+    assert state.admin({**req, "variables": {"a": "1", "b": "1"}}, 0.0)[0]["outcome"] == "ok"
     reply, _ = state.admin({**req, "variables": {"c": "1"}}, 0.1)
-    assert reply["status"] == 409
+    assert reply["outcome"] == "limit_exceeded"
     assert state.admin({"op": "globals_get", "room": "r"}, 0.2)[0]["body"]["variables"] == {
         "a": "1",
         "b": "1",
@@ -660,8 +660,8 @@ def test_rest_reads_of_unknown_rooms_create_nothing() -> None:
     state = new_state()
     get = state.admin({"op": "client_vars_get", "room": "ghost", "device": "D"}, 0.0)
     delete = state.admin({"op": "client_vars_delete", "room": "ghost", "device": "D"}, 0.0)
-    assert get == ({"status": 200, "body": {"clientNo": None, "variables": {}}}, [])
-    assert delete == ({"status": 200, "body": {"clientNo": None, "deletedCount": 0}}, [])
+    assert get == ({"outcome": "ok", "body": {"clientNo": None, "variables": {}}}, [])
+    assert delete == ({"outcome": "ok", "body": {"clientNo": None, "deletedCount": 0}}, [])
     assert state.rooms == {}
     # A global-variable call names the room into existence (BEHAVIOR §1 "creation").
     state.admin({"op": "globals_get", "room": "ghost"}, 0.0)
@@ -670,9 +670,9 @@ def test_rest_reads_of_unknown_rooms_create_nothing() -> None:
 
 def test_admin_rejects_unknown_ops_and_missing_room() -> None:
     state = new_state()
-    assert state.admin({"op": "nope", "room": "r"}, 0.0)[0]["status"] == 400
-    assert state.admin({"op": "globals_get"}, 0.0)[0]["status"] == 400
-    assert state.admin({"op": "stats"}, 0.0)[0]["status"] == 200
+    assert state.admin({"op": "nope", "room": "r"}, 0.0)[0]["outcome"] == "bad_request"
+    assert state.admin({"op": "globals_get"}, 0.0)[0]["outcome"] == "bad_request"
+    assert state.admin({"op": "stats"}, 0.0)[0]["outcome"] == "ok"
     assert state.rooms == {}
 
 
@@ -684,7 +684,7 @@ def test_rest_client_variable_name_over_255_bytes_is_refused_for_an_unmapped_dev
     )
     joined = out_msgs(state.handle(CTRL, b"n", b"r", hello("N"), 1.0))
     assert joined and isinstance(joined[0][2], DeviceIdMapping)
-    assert 400 <= reply["status"] < 500
+    assert reply["outcome"] == "invalid"
 
 
 def test_rest_client_variable_name_over_255_bytes_is_refused_for_a_mapped_device() -> None:
@@ -694,7 +694,7 @@ def test_rest_client_variable_name_over_255_bytes_is_refused_for_a_mapped_device
         {"op": "client_vars_set", "room": "r", "device": "A", "variables": {ROCKET * 64: "v"}},
         1.0,
     )
-    assert 400 <= reply["status"] < 500 and out == []
+    assert reply["outcome"] == "invalid" and out == []
 
 
 def test_rest_global_name_over_255_bytes_is_refused() -> None:
@@ -702,7 +702,7 @@ def test_rest_global_name_over_255_bytes_is_refused() -> None:
     reply, _ = state.admin({"op": "globals_set", "room": "r", "variables": {ROCKET * 64: "v"}}, 0.0)
     joined = out_msgs(state.handle(CTRL, b"n", b"r", hello("N"), 1.0))
     assert joined and isinstance(joined[0][2], DeviceIdMapping)
-    assert 400 <= reply["status"] < 500
+    assert reply["outcome"] == "invalid"
 
 
 def test_refused_object_poses_create_no_room_and_are_counted_in_shard_stats() -> None:
