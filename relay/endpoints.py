@@ -37,6 +37,11 @@ class NodeEndpoints:
         return self._ipc("proxy-xsub.sock")
 
     @property
+    def cluster_bridge(self) -> str:
+        """Cluster bridge XPUB -> main proxy XSUB (other nodes' broadcasts)."""
+        return self._ipc("cluster-bridge.sock")
+
+    @property
     def proxy_control(self) -> str:
         """Supervisor/metrics -> steerable proxy control (STATISTICS)."""
         return self._ipc("proxy-control.sock")

@@ -9,10 +9,12 @@ ROUTER in one pass is packed into a single frame per shard, so the per-message
 ZeroMQ cost is paid once per batch on both sides of the hop. A batch costs no
 latency: it is sent as soon as the pass ends.
 
-The header carries the lane, the origin node (a seam for the planned cluster:
-the owner of a room sends unicasts back to the node whose ingress holds the
-client's connection) and the ingress receive time, so the ingress can observe
-control latency from receipt to the hand-over of the reply to its ROUTER.
+The header carries the lane, a node number (in a batch: the node whose
+ingress received it; in a unicast: the node whose egress must deliver it) and
+the ingress receive time, so the ingress can observe control latency from
+receipt to the hand-over of the reply to its ROUTER. Batches for a room owned
+on another node travel to that node's shard inlet unchanged (cluster mode);
+unicasts for clients of another node go to that node's cluster egress.
 
 Credit: a ZeroMQ high-water mark counts frames, and a batch frame holds up to
 128 messages, so an HWM alone would bound the ingress->shard queue only at
@@ -135,6 +137,28 @@ class BatchBuilder:
 
 
 def unicast_frames(
-    room_id: bytes, payload: bytes, identities: list[bytes] | tuple[bytes, ...], recv_ns: int = 0
+    room_id: bytes,
+    payload: bytes,
+    identities: list[bytes] | tuple[bytes, ...],
+    recv_ns: int = 0,
+    node: int = LOCAL_NODE,
 ) -> list[bytes]:
-    return [HEADER.pack(Lane.CONTROL, LOCAL_NODE, recv_ns), room_id, payload, *identities]
+    """A unicast for the clients ``identities``, all connected to node ``node``."""
+    return [HEADER.pack(Lane.CONTROL, node, recv_ns), room_id, payload, *identities]
+
+
+# Control-lane routing ids are tagged with the number of the node whose
+# ingress holds the connection (2 bytes, big-endian, then ZeroMQ's own id), so
+# whichever shard owns the room -- on this node or another -- knows which
+# node's egress can deliver a unicast to that client. Rooms keep tagged ids.
+TAG = struct.Struct(">H")
+TAG_SIZE = TAG.size
+
+
+def node_tag(number: int) -> bytes:
+    return TAG.pack(number)
+
+
+def tag_of(identity: bytes) -> int:
+    """The node number a tagged control identity belongs to."""
+    return TAG.unpack_from(identity)[0]

@@ -23,8 +23,18 @@ from relay.admin import Outcome, refused
 from relay.cluster.placement import owner_of
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
-from relay.endpoints import NodeEndpoints
-from relay.frames import BatchError, batch_mark, credit_frame, iter_batch, unicast_frames
+from relay.endpoints import NodeEndpoints, cluster_endpoints
+from relay.frames import (
+    HEADER,
+    TAG_SIZE,
+    BatchError,
+    batch_mark,
+    credit_frame,
+    iter_batch,
+    node_tag,
+    tag_of,
+    unicast_frames,
+)
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
@@ -32,6 +42,7 @@ from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
 from shard_worker.shaping import LatestOnly, TokenBucket
 from shard_worker.shard import ShardState
+from shard_worker.shard_links import ShardLinks
 from shard_worker.store.factory import open_room_store
 
 log = logging.getLogger("relay.shard")
@@ -55,7 +66,13 @@ class ShardWorker:
         now = time.monotonic()
         self.view_file = ViewFile(run_dir)
         self.node_id = self.view_file.node_id
-        self.store = open_room_store(config, shard_index, self.view_file.node_id, self.view_file.epoch)
+        self.number = self.view_file.number
+        self.tag = node_tag(self.number)
+        self.links: ShardLinks | None = None
+        self.store = open_room_store(
+            config, shard_index, self.view_file.node_id, self.view_file.epoch,
+            member_stamp=self._member_stamp, member_alive=self._member_alive,
+        )
         self._next_renew = now + config.lease_ttl / 3
         self.state = ShardState(
             RoomSettings.from_config(config),
@@ -81,6 +98,7 @@ class ShardWorker:
             "admin_requests": 0,
             "journal_records": 0,
             "rooms_handed_over": 0,
+            "cluster_broadcast_again": 0,
             "unicast_bytes": 0,
         }
         # Recipients per message type id (control lane, out) and broadcasts per type id.
@@ -118,10 +136,19 @@ class ShardWorker:
         self.poller.register(self.control_inbox, zmq.POLLIN)
         self.poller.register(self.transform_inbox, zmq.POLLIN)
         self.poller.register(self.admin_sock, zmq.POLLIN)
+        if self.config.store:
+            cfg = self.config
+            mine = cluster_endpoints(cfg.advertise_host, cfg.cluster_port, cfg.shards)
+            self.links = ShardLinks(ctx, cfg.cluster_key_file, mine, self.index, self.node_id)
+            self.links.follow(self.view_file.view)
+            for sock in (*self.links.inlets.values(), self.links.admin):
+                self.poller.register(sock, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
         for sock in (self.control_inbox, self.transform_inbox, self.admin_sock, self.pub, self.egress):
             sock.close()
+        if self.links is not None:
+            self.links.close()
         self.ctx.term()
 
     # ---------------------------------------------------------------- loop
@@ -161,14 +188,24 @@ class ShardWorker:
         # Control first: transforms waiting in their own pipe cannot delay it,
         # and its answers leave (journaled) before a transform batch is even
         # looked at, so they never wait for the pose work of this turn.
+        links = self.links
+        control_in = self.control_inbox in events
+        if links is not None and links.inlets[Lane.CONTROL] in events:
+            self._read_inbox(links.inlets[Lane.CONTROL], CONTROL_BATCH, now, Lane.CONTROL, credit=False)
+            control_in = True
         if self.control_inbox in events:
-            self._read_inbox(self.control_inbox, CONTROL_BATCH, now)
+            self._read_inbox(self.control_inbox, CONTROL_BATCH, now, Lane.CONTROL)
+        if control_in:
             self._journal()
             drain_budget -= self._send_control(drain_budget)
         if self.transform_inbox in events:
-            self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now)
+            self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now, Lane.TRANSFORM)
+        if links is not None and links.inlets[Lane.TRANSFORM] in events:
+            self._read_inbox(links.inlets[Lane.TRANSFORM], TRANSFORM_BATCH, now, Lane.TRANSFORM, credit=False)
         if self.admin_sock in events:
-            self._read_admin(now)
+            self._read_admin(self.admin_sock, now)
+        if links is not None and links.admin in events:
+            self._read_admin(links.admin, now)
         if self.state.held:
             self._enqueue(self.state.retry_held(now), 0)
         self._cluster_upkeep(now)
@@ -187,11 +224,15 @@ class ShardWorker:
             self._next_status = now + STATUS_INTERVAL
             self._write_status()
 
-    def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float) -> None:
-        """Handle up to ``batch`` messages (whole ingress batches) from one lane."""
+    def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float, lane: int, *, credit: bool = True) -> None:
+        """Handle up to ``batch`` messages (whole ingress batches) from one lane.
+
+        ``credit``: batches from this node's ingress are echoed back as credit;
+        batches forwarded by other nodes' ingresses are bounded by their PUSH
+        high-water marks instead.
+        """
         recv = inbox.recv
         handle = self.state.handle
-        lane = Lane.CONTROL if inbox is self.control_inbox else Lane.TRANSFORM
         handled = 0
         while handled < batch:
             try:
@@ -199,8 +240,9 @@ class ShardWorker:
             except zmq.Again:
                 return
             try:
-                self._read_marks[lane] = batch_mark(frame)
-                for lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
+                if credit:
+                    self._read_marks[lane] = batch_mark(frame)
+                for _lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)
                     if out:
@@ -224,17 +266,28 @@ class ShardWorker:
     def _enqueue(self, unicasts: list, recv_ns: int) -> None:
         push = self.control.push
         out_by_type = self.out_by_type
+        number, tag = self.number, self.tag
+        single_node = self.links is None or not self.links.remote_nodes
         for room_bytes, identities, payload in unicasts:
-            if push(unicast_frames(room_bytes, payload, identities, recv_ns)):
-                out_by_type[payload[0]] += len(identities)
-                self.counters["unicast_bytes"] += len(payload) * len(identities)
+            if single_node or all(i[:TAG_SIZE] == tag for i in identities):
+                groups = ((number, identities),)
             else:
-                self.state.drops.drop("control_queue_full", f"unicast for room {room_bytes[:64]!r} refused")
+                # Recipients on several nodes: one frame per node's egress.
+                by_node: dict[int, list[bytes]] = {}
+                for identity in identities:
+                    by_node.setdefault(tag_of(identity), []).append(identity)
+                groups = tuple(by_node.items())
+            for node, group in groups:
+                if push(unicast_frames(room_bytes, payload, group, recv_ns, node)):
+                    out_by_type[payload[0]] += len(group)
+                    self.counters["unicast_bytes"] += len(payload) * len(group)
+                else:
+                    self.state.drops.drop("control_queue_full", f"unicast for room {room_bytes[:64]!r} refused")
 
-    def _read_admin(self, now: float) -> None:
+    def _read_admin(self, sock: zmq.Socket, now: float) -> None:
         for _ in range(ADMIN_BATCH):
             try:
-                frames = self.admin_sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.counters["admin_requests"] += 1
@@ -260,7 +313,7 @@ class ShardWorker:
             self._enqueue(unicasts, 0)
             # Journal before the reply: an "ok" means the write is on disk.
             self._journal()
-            self.admin_sock.send_multipart([peer, request_id, orjson.dumps(reply)])
+            sock.send_multipart([peer, request_id, orjson.dumps(reply)])
 
     def _journal(self) -> None:
         changes = self.state.drain_changes()
@@ -269,6 +322,19 @@ class ShardWorker:
             self.counters["journal_records"] += len(changes)
             if refused:
                 self.state.forget_rooms(refused)
+
+    def _member_stamp(self, identity: bytes | None) -> tuple[str, int]:
+        """(node id, node epoch) of the node whose ingress holds a control identity."""
+        if identity is not None and len(identity) >= TAG_SIZE:
+            node = self.view_file.view.by_number(tag_of(identity))
+            if node is not None:
+                return node.node_id, node.epoch
+        return self.node_id, self.view_file.epoch
+
+    def _member_alive(self, node_id: str, epoch: int) -> bool:
+        """A stored member's connection lives while its node's incarnation does."""
+        node = self.view_file.view.node(node_id)
+        return node is not None and node.epoch == epoch
 
     def _cluster_upkeep(self, now: float) -> None:
         """Leases, store retries and view changes: cheap unless something is due."""
@@ -284,6 +350,8 @@ class ShardWorker:
                 self.state.forget_rooms(lost)
         view = self.view_file.poll(now)
         if view is not None:
+            if self.links is not None:
+                self.links.follow(view)
             me = (self.node_id, self.index)
             moving = [r for r in self.state.rooms if owner_of(r.encode("utf-8"), view) != me]
             if moving:
@@ -301,12 +369,21 @@ class ShardWorker:
 
     def _send_control(self, budget: int) -> int:
         """Send up to ``budget`` queued control frames; return how many went out."""
-        send = self.egress.send_multipart
+        local = self.egress
+        number = self.number
+        links = self.links
         control = self.control
         sent = 0
         while sent < budget and len(control):
+            frames = control.peek()
+            node = HEADER.unpack_from(frames[0])[1]
+            sock = local if node == number else (links.egress_for(node) if links is not None else None)
+            if sock is None:
+                control.pop()
+                self.state.drops.drop("unicast_no_route", f"no egress for node number {node}")
+                continue
             try:
-                send(control.peek(), zmq.NOBLOCK)
+                sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
                 self.counters["egress_again"] += 1
                 break
@@ -330,6 +407,13 @@ class ShardWorker:
                 self.bucket.refund(deducted)
                 self.counters["broadcast_again"] += 1
                 return
+            if self.links is not None and self.links.remote_nodes:
+                # Other nodes' subscribers of this room, through their proxies;
+                # a full link loses this latest-only frame, never blocks.
+                try:
+                    self.links.pub.send_multipart([topic, frame.payload], zmq.NOBLOCK)
+                except zmq.Again:
+                    self.counters["cluster_broadcast_again"] += 1
             del frames[topic]
             self.counters["broadcasts_sent"] += 1
             self.broadcast_by_type[frame.payload[0]] += 1
@@ -361,6 +445,7 @@ class ShardWorker:
                 "refunds": self.bucket.refunds,
                 "unicast_out_by_type": dict(self.out_by_type),
                 "node_id": self.node_id,
+                "links": self.links.stats() if self.links is not None else None,
                 "store": vars(self.store.health()) if self.store is not None else None,
                 "broadcast_out_by_type": dict(self.broadcast_by_type),
                 **self.counters,

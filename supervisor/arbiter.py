@@ -29,6 +29,15 @@ from supervisor.pidfile import pointer_path, remove_pidfile, write_pidfile
 
 log = logging.getLogger("relay.supervisor")
 
+
+def resolve_advertise(host: str) -> str:
+    """The advertise address, with "auto" resolved to this host's own address."""
+    if host != "auto":
+        return host
+    import socket
+
+    return socket.gethostbyname(socket.gethostname())
+
 SPAWN = multiprocessing.get_context("spawn")
 STARTUP_GRACE = 10.0
 FAST_FAILURE = 10.0
@@ -60,7 +69,10 @@ class Arbiter:
         self.run_dir = config.run_dir or tempfile.mkdtemp(prefix="netsync-relay-")
         os.makedirs(self.run_dir, exist_ok=True)
         self.endpoints = NodeEndpoints(self.run_dir)
-        self.config_dict = {**config.to_dict(), "run_dir": self.run_dir}
+        # "auto": the address this host's name resolves to (a container's IP
+        # on its compose network); children bind node links on the result.
+        advertise = resolve_advertise(config.advertise_host)
+        self.config_dict = {**config.to_dict(), "run_dir": self.run_dir, "advertise_host": advertise}
         self.children: dict[str, Child] = {}
         self.sig_queue: list[int] = []
         self.pipe: tuple[int, int] | None = None
@@ -72,7 +84,7 @@ class Arbiter:
         from relay.endpoints import cluster_endpoints
         from supervisor.cluster_agent import ClusterAgent
 
-        links = cluster_endpoints(config.advertise_host, config.cluster_port, config.shards) if config.store else {}
+        links = cluster_endpoints(advertise, config.cluster_port, config.shards) if config.store else {}
         self.cluster = ClusterAgent(config, self.run_dir, endpoints=links)
 
     # ------------------------------------------------------------ signals

@@ -28,15 +28,16 @@ from typing import Any
 
 import zmq
 
-from relay.cluster.placement import REMOTE, LocalRouter
+from relay.cluster.placement import LocalRouter
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
-from relay.endpoints import NodeEndpoints, tcp_bind
-from relay.frames import HEADER, HEADER_SIZE, BatchBuilder, parse_credit
+from relay.endpoints import NodeEndpoints, cluster_endpoints, tcp_bind
+from relay.frames import HEADER, HEADER_SIZE, TAG_SIZE, BatchBuilder, node_tag, parse_credit
 from relay.histogram import LatencyHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
+from supervisor.ingress_links import IngressLinks
 from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
 
 log = logging.getLogger("relay.ingress")
@@ -83,6 +84,11 @@ class Ingress:
         self.heartbeat = heartbeat
         self.view_file = ViewFile(run_dir)
         self.router = LocalRouter(self.view_file.view, self.view_file.node_id)
+        # Control identities carry this node's tag (relay/frames.py): the
+        # owner of a room, wherever it runs, sends unicasts back here.
+        self.number = self.view_file.number
+        self.tag = node_tag(self.number)
+        self.links: IngressLinks | None = None
         self.stopping = False
         self.counts: Counter[str] = Counter()
         # Drops by reason (the exported counter) and their rate-limited lines.
@@ -150,10 +156,19 @@ class Ingress:
                 pushes.append(push)
             self.shard_pushes[lane] = pushes
         self.batches = {
-            lane: [BatchBuilder(lane) for _ in range(cfg.shards)] for lane in (Lane.CONTROL, Lane.TRANSFORM)
+            lane: [BatchBuilder(lane, self.number) for _ in range(cfg.shards)]
+            for lane in (Lane.CONTROL, Lane.TRANSFORM)
         }
+        # Batches for shards of other nodes, by router target (< 0).
+        self.remote_batches: dict[int, dict[int, BatchBuilder]] = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
         self.poller = zmq.Poller()
         self.poller.register(self.egress, zmq.POLLIN)
+        if cfg.store:
+            links = cluster_endpoints(cfg.advertise_host, cfg.cluster_port, cfg.shards)
+            self.links = IngressLinks(ctx, cfg.cluster_key_file, self.router.node_id, links["egress"],
+                                      CONTROL_IO_THREAD)
+            self.links.follow(self.router.view)
+            self.poller.register(self.links.egress, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
         self.poller.register(self.transform, zmq.POLLIN)
 
@@ -161,6 +176,8 @@ class Ingress:
         pushes = [p for lane_pushes in self.shard_pushes.values() for p in lane_pushes]
         for sock in (self.control, self.transform, self.egress, *pushes):
             sock.close()
+        if self.links is not None:
+            self.links.close()
         self.ctx.term()
 
     def _drop(self, reason: str, detail: str, count: int = 1) -> None:
@@ -189,7 +206,9 @@ class Ingress:
             while not self.stopping:
                 events = dict(self.poller.poll(self._poll_timeout_ms(time.monotonic())))
                 if self.egress in events:
-                    self._pump_egress()
+                    self._pump_egress(self.egress)
+                if self.links is not None and self.links.egress in events:
+                    self._pump_egress(self.links.egress)
                 if self.outbound.queues:
                     self.counts["unicast_sent"] += self.outbound.retry_due(self._try_send, time.monotonic())
                 control_busy = False
@@ -202,6 +221,9 @@ class Ingress:
                 view = self.view_file.poll(now)
                 if view is not None:
                     self.router.set_view(view)
+                    self.remote_batches = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
+                    if self.links is not None:
+                        self.links.follow(view)
                     log.info("routing by cluster view generation %d (%d nodes)",
                              view.generation, len(view.nodes))
                 if self.heartbeat is not None:
@@ -221,6 +243,8 @@ class Ingress:
         recv = sock.recv_multipart
         route = self.router.route
         batches = self.batches[lane]
+        remote = self.remote_batches[lane]
+        tag = self.tag if lane == Lane.CONTROL else b""
         now_ns = time.monotonic_ns
         received = 0
         more = True
@@ -243,13 +267,17 @@ class Ingress:
                     self._drop("internal_frame", "routing id over 255 bytes")
                     continue
                 shard = route(room)
-                if shard == REMOTE:
-                    # Owned by a shard of another node: cross-node forwarding
-                    # is not built yet ("Cluster, part 2").
-                    self._drop("remote_owner", f"room {room[:64]!r} is owned by another node")
+                if shard < 0:
+                    # Owned by a shard of another node: forwarded (cluster mode).
+                    batch = remote.get(shard)
+                    if batch is None:
+                        batch = remote[shard] = BatchBuilder(lane, self.number)
+                    batch.add(now_ns(), tag + identity, room, payload)
+                    if batch.count >= MAX_BATCH:
+                        self._forward(lane, shard, batch)
                     continue
                 batch = batches[shard]
-                batch.add(now_ns(), identity, room, payload)
+                batch.add(now_ns(), tag + identity, room, payload)
                 if batch.count >= MAX_BATCH:
                     self._send_batch(lane, shard, batch)
         finally:
@@ -261,6 +289,16 @@ class Ingress:
         for shard, batch in enumerate(self.batches[lane]):
             if batch.count:
                 self._send_batch(lane, shard, batch)
+        for target, batch in self.remote_batches[lane].items():
+            if batch.count:
+                self._forward(lane, target, batch)
+
+    def _forward(self, lane: int, target: int, batch: BatchBuilder) -> None:
+        count = batch.count
+        node_id, shard = self.router.remote_target(target)
+        if self.links is None or not self.links.forward(node_id, shard, lane, batch.take(), count):
+            batch.clear()
+            self._drop("forward_failed", f"node {node_id!r} shard {shard} unreachable or full", count)
 
     def _send_batch(self, lane: int, shard: int, batch: BatchBuilder) -> None:
         count, nbytes = batch.count, batch.nbytes
@@ -297,8 +335,9 @@ class Ingress:
         acked[1] = min(max(acked[1], nbytes), pushed[1])
         return True
 
-    def _pump_egress(self) -> None:
-        recv = self.egress.recv_multipart
+    def _pump_egress(self, sock: zmq.Socket) -> None:
+        recv = sock.recv_multipart
+        tag = self.tag
         for _ in range(BATCH):
             try:
                 frames = recv(zmq.NOBLOCK)
@@ -312,7 +351,10 @@ class Ingress:
             _lane, _origin, recv_ns = HEADER.unpack(frames[0])
             room, payload = frames[1], frames[2]
             for identity in frames[3:]:
-                self._send_unicast(identity, room, payload)
+                if identity[:TAG_SIZE] != tag:
+                    self._drop("foreign_identity", "unicast for another node's client")
+                    continue
+                self._send_unicast(identity[TAG_SIZE:], room, payload)
             if recv_ns:
                 self.control_latency.observe((time.monotonic_ns() - recv_ns) / 1e9)
 
@@ -348,7 +390,7 @@ class Ingress:
         while time.monotonic() < deadline:
             if not self.egress.poll(50):
                 break
-            self._pump_egress()
+            self._pump_egress(self.egress)
         self.counts["unicast_sent"] += self.outbound.flush_all(self._try_send, time.monotonic())
 
     def _write_status(self) -> None:
@@ -377,6 +419,7 @@ class Ingress:
                 },
                 "route_cache": len(self.router),
                 "view_generation": self.router.view.generation,
+                "links": self.links.stats() if self.links is not None else None,
                 "control_latency": self.control_latency.to_dict(),
             },
         )

@@ -3,6 +3,12 @@
 ``zmq.proxy_steerable`` runs in C without the GIL; its control socket answers
 STATISTICS so the node can export message and byte counters. Subscriptions
 flow upstream, so a shard only emits topics somebody subscribed to.
+
+Cluster mode adds a second proxy in a thread, the *bridge*: a CURVE XSUB on
+the advertise address that other nodes' shards connect their cluster PUB to,
+joined to an ipc XPUB that the main XSUB connects to. Subscriptions of this
+node's clients thus travel up to every member's shards, and their room
+traffic comes down, through links that admit members only.
 """
 
 from __future__ import annotations
@@ -14,8 +20,9 @@ from typing import Any
 
 import zmq
 
+from relay.cluster.link_security import LinkGuard, load_cluster_keys
 from relay.config import RelayConfig
-from relay.endpoints import NodeEndpoints, tcp_bind
+from relay.endpoints import NodeEndpoints, cluster_endpoints, tcp_bind
 from relay.logs import setup_logging
 
 log = logging.getLogger("relay.proxy")
@@ -54,6 +61,9 @@ def run_proxy(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
     control = ctx.socket(zmq.REP)
     control.setsockopt(zmq.LINGER, 0)
     control.bind(endpoints.proxy_control)
+    bridge = _Bridge(ctx, config, endpoints) if config.store else None
+    if bridge is not None:
+        xsub.connect(endpoints.cluster_bridge)
     log.info("proxy ready: pub %s:%d", config.host, config.pub_port)
 
     stop_requested = threading.Event()
@@ -91,5 +101,46 @@ def run_proxy(config_dict: dict, run_dir: str, heartbeat: Any = None) -> None:
     finally:
         for sock in (xsub, xpub, control):
             sock.close()
+        if bridge is not None:
+            bridge.stop()
         ctx.term()
         log.info("proxy stopped")
+
+
+class _Bridge:
+    """Other nodes' broadcasts in (CURVE XSUB) -> ipc XPUB, in a C proxy thread."""
+
+    def __init__(self, ctx: zmq.Context, config: RelayConfig, endpoints: NodeEndpoints) -> None:
+        self.guard = LinkGuard(ctx, load_cluster_keys(config.cluster_key_file))
+        self.xsub = ctx.socket(zmq.XSUB)
+        self.guard.serve(self.xsub)
+        self.xpub = ctx.socket(zmq.XPUB)
+        for sock in (self.xsub, self.xpub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, INTERNAL_HWM)
+            sock.setsockopt(zmq.SNDHWM, INTERNAL_HWM)
+        links = cluster_endpoints(config.advertise_host, config.cluster_port, config.shards)
+        self.xsub.bind(links["xsub"])
+        self.xpub.bind(endpoints.cluster_bridge)
+        self.control = ctx.socket(zmq.PAIR)
+        self.control.bind("inproc://bridge-control")
+        self.steer = ctx.socket(zmq.PAIR)
+        self.steer.connect("inproc://bridge-control")
+        self.thread = threading.Thread(target=self._run, name="cluster-bridge", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            zmq.proxy_steerable(self.xsub, self.xpub, None, self.control)
+        except zmq.ContextTerminated:
+            pass
+
+    def stop(self) -> None:
+        try:
+            self.steer.send(b"TERMINATE")
+        except zmq.ZMQError:
+            pass
+        self.thread.join(timeout=2.0)
+        for sock in (self.xsub, self.xpub, self.control, self.steer):
+            sock.close()
+        self.guard.close()

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from relay.cluster.placement import REMOTE, LocalRouter, owner_of
+from relay.cluster.placement import LocalRouter, owner_of
 from relay.cluster.view import ClusterView, NodeInfo
 from relay.hashing import shard_for_room
 
@@ -66,7 +66,8 @@ def test_local_router_routes_remote_rooms_away_and_stays_bounded() -> None:
     router = LocalRouter(v, "a", max_entries=100)
     for r in ROOMS[:1000]:
         node, shard = owner_of(r, v)
-        assert router.route(r) == (shard if node == "a" else REMOTE)
+        target = router.route(r)
+        assert target == shard if node == "a" else router.remote_target(target) == (node, shard)
     assert len(router) <= 100
     router.set_view(view(("a", 2)))
     assert all(router.route(r) == shard_for_room(r, 2) for r in ROOMS[:200])

@@ -79,36 +79,46 @@ class PlacementCache:
         return len(self._cache)
 
 
-REMOTE = -1
-
-
 class LocalRouter:
-    """The ingress's question: which local shard owns this room (or REMOTE)?
+    """The ingress's question: which shard, here or on another node, owns this room?
 
-    One dict hit per message; the cache is rebuilt lazily for a new view.
+    ``route`` returns a local shard index (>= 0), or ``-1 - j`` for the j-th
+    remote (node id, shard) target (``remote_target(j)``). One dict hit per
+    message; the cache and the remote targets are rebuilt for a new view.
     """
 
-    __slots__ = ("_cache", "_max_entries", "node_id", "view")
+    __slots__ = ("_cache", "_max_entries", "_remote_index", "node_id", "remote_targets", "view")
 
     def __init__(self, view: ClusterView, node_id: str, max_entries: int = 100_000) -> None:
         self.node_id = node_id
-        self.view = view
-        self._cache: dict[bytes, int] = {}
         self._max_entries = max_entries
+        self.set_view(view)
 
     def set_view(self, view: ClusterView) -> None:
         self.view = view
-        self._cache = {}
+        self._cache: dict[bytes, int] = {}
+        self.remote_targets: list[tuple[str, int]] = []
+        self._remote_index: dict[tuple[str, int], int] = {}
 
     def route(self, room_id: bytes) -> int:
-        shard = self._cache.get(room_id)
-        if shard is None:
-            node_id, index = owner_of(room_id, self.view)
-            shard = index if node_id == self.node_id else REMOTE
+        target = self._cache.get(room_id)
+        if target is None:
+            owner = owner_of(room_id, self.view)
+            if owner[0] == self.node_id:
+                target = owner[1]
+            else:
+                j = self._remote_index.get(owner)
+                if j is None:
+                    j = self._remote_index[owner] = len(self.remote_targets)
+                    self.remote_targets.append(owner)
+                target = -1 - j
             if len(self._cache) >= self._max_entries:
                 self._cache.clear()
-            self._cache[room_id] = shard
-        return shard
+            self._cache[room_id] = target
+        return target
+
+    def remote_target(self, target: int) -> tuple[str, int]:
+        return self.remote_targets[-1 - target]
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from relay.config import RelayConfig
 from shard_worker.store.base import RoomStore
 
 
-def open_room_store(config: RelayConfig, shard_index: int, node_id: str, epoch: int) -> RoomStore | None:
-    """The shard's store: shared Valkey/Redis, SQLite in data_dir, or none (in memory)."""
+def open_room_store(
+    config: RelayConfig,
+    shard_index: int,
+    node_id: str,
+    epoch: int,
+    *,
+    member_stamp: Callable[[bytes | None], tuple[str, int]] | None = None,
+    member_alive: Callable[[str, int], bool] | None = None,
+) -> RoomStore | None:
+    """The shard's store: shared Valkey/Redis, SQLite in data_dir, or none (in memory).
+
+    ``member_stamp`` and ``member_alive`` tell the shared store which node
+    incarnation holds a member's connection (cluster view), so members of a
+    node that died are not loaded back.
+    """
     if config.store:
         from shard_worker.store.redis_store import LeaseOwner, open_redis_store
 
@@ -19,6 +33,8 @@ def open_room_store(config: RelayConfig, shard_index: int, node_id: str, epoch: 
             owner,
             lease_ttl=config.lease_ttl,
             buffer_max_records=config.store_buffer_max_records,
+            member_stamp=member_stamp,
+            member_alive=member_alive,
         )
     if config.data_dir:
         from shard_worker.store.sqlite_store import _BUSY_TIMEOUT_S, open_store

@@ -111,6 +111,7 @@ class RedisRoomStore:
         buffer_max_records: int = 200_000,
         retry_interval: float = 1.0,
         member_alive: Callable[[str, int], bool] | None = None,
+        member_stamp: Callable[[bytes | None], tuple[str, int]] | None = None,
         client: redis.Redis | None = None,
     ) -> None:
         self.url = url
@@ -120,6 +121,7 @@ class RedisRoomStore:
         self.buffer_max = buffer_max_records
         self.retry_interval = retry_interval
         self.member_alive = member_alive or self._same_incarnation
+        self.member_stamp = member_stamp or (lambda identity: (self.me.node_id, self.me.epoch))
         # No client-side retries: a stalled retry loop would stall the shard's
         # whole loop. The store retries on its own schedule (maintain()).
         self.r = client or redis.Redis.from_url(
@@ -263,7 +265,7 @@ class RedisRoomStore:
 
     def _write(self, changes: Sequence[ChangeRecord]) -> list[str]:
         by_room: dict[str, list[bytes | str | int]] = {}
-        node_id, epoch = self.me.node_id, self.me.epoch
+        stamp = self.member_stamp
         for record in changes:
             room_id = record[1]
             assert isinstance(room_id, str)
@@ -272,7 +274,7 @@ class RedisRoomStore:
                 # late records must not reach the new owner's state.
                 self._health.rejected_writes += 1
                 continue
-            by_room.setdefault(room_id, []).extend(_encode_record(record, node_id, epoch))
+            by_room.setdefault(room_id, []).extend(_encode_record(record, stamp))
         if not by_room:
             return []
         pipe = self.r.pipeline(transaction=False)
@@ -407,7 +409,7 @@ class RedisRoomStore:
         self.r.close()
 
 
-def _encode_record(record: ChangeRecord, node_id: str, epoch: int) -> list:
+def _encode_record(record: ChangeRecord, stamp: Callable[[bytes | None], tuple[str, int]]) -> list:
     """One change record as the APPLY script's flat argument list (binary-safe).
 
     Members are stamped with the node incarnation whose ingress holds their
@@ -436,7 +438,7 @@ def _encode_record(record: ChangeRecord, node_id: str, epoch: int) -> list:
         return ["P", oid, _POSE.pack(seq) + pose]
     if kind == "member":
         _, _, dev, identity, stealth = record
-        return ["M", dev, pack_member(identity, bool(stealth), node_id, epoch)]
+        return ["M", dev, pack_member(identity, bool(stealth), *stamp(identity))]
     if kind == "member_remove":
         return ["m", record[2]]
     if kind == "room_delete":
@@ -452,7 +454,7 @@ def _redact(url: str) -> str:
     return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
-def open_redis_store(url: str, lease_owner: LeaseOwner, **options: float | int) -> RedisRoomStore:
+def open_redis_store(url: str, lease_owner: LeaseOwner, **options: object) -> RedisRoomStore:
     """Connect and check the server answers; a wrong URL is a start-up error."""
     try:
         store = RedisRoomStore(url, lease_owner, **options)  # type: ignore[arg-type]
