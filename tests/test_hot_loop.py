@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import RelayConfig
-from shard_worker import journal
+from shard_worker.store import sqlite_store as journal
 from shard_worker.room import Room
 from shard_worker.shard import ShardState
 from tests.support import RawClient, RelayNode, wait_for

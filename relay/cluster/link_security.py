@@ -27,7 +27,7 @@ log = logging.getLogger("relay.cluster.links")
 # The ZAP domain of node links; the handler knows no other.
 ZAP_DOMAIN = "netsync-cluster"
 
-__all__ = ["ClusterKeys", "LinkGuard", "generate_key_file", "load_cluster_keys"]
+__all__ = ["ClusterKeys", "LinkGuard", "curve_client", "generate_key_file", "load_cluster_keys"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,13 @@ def load_cluster_keys(path: str) -> ClusterKeys:
     if not secret:
         raise ValueError(f"{path} holds no secret key (a public certificate is not enough)")
     return ClusterKeys(public, secret)
+
+
+def curve_client(sock: zmq.Socket, keys: ClusterKeys) -> None:
+    """Make ``sock`` a CURVE client of another member (no ZAP handler needed)."""
+    sock.setsockopt(zmq.CURVE_SERVERKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
 
 
 class LinkGuard:
@@ -101,9 +108,7 @@ class LinkGuard:
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
 
     def join(self, sock: zmq.Socket) -> None:
-        sock.setsockopt(zmq.CURVE_SERVERKEY, self.keys.public)
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.keys.public)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, self.keys.secret)
+        curve_client(sock, self.keys)
 
     def stats(self) -> dict[str, int]:
         with self._lock:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from supervisor.rest.console import CONSOLE_PATH, add_console
 from supervisor.rest.errors import install_error_handlers
@@ -64,7 +65,7 @@ def create_app(
     )
     app.state.counts = counts
     install_error_handlers(app)
-    calls = RoomCalls(config.shards, shard_client, counts)
+    calls = RoomCalls(config.shards, shard_client, counts, _view_of(config, run_dir))
     reader = NodeStatusReader(run_dir)
 
     @app.get("/", summary="Health check")
@@ -79,3 +80,10 @@ def create_app(
     add_console(app)
     install_security(app, config, public_paths=(CONSOLE_PATH,))
     return app
+
+
+def _view_of(config: RelayConfig, run_dir: str | None) -> ViewFile | None:
+    """The cluster view REST routes by (cluster mode); a single node routes locally."""
+    if not config.store or run_dir is None:
+        return None
+    return ViewFile(run_dir)

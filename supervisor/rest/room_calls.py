@@ -15,6 +15,9 @@ from typing import Any
 from fastapi import HTTPException
 
 from relay.admin import Outcome
+from relay.cluster.placement import owner_of
+from relay.cluster.view_file import ViewFile
+from relay.endpoints import admin_key
 from relay.hashing import shard_for_room
 from supervisor.rest.outcomes import http_error
 from supervisor.rest.shard_client import (
@@ -36,13 +39,29 @@ _QUIET = frozenset({Outcome.OK, Outcome.NOT_FOUND, Outcome.LIMIT_EXCEEDED})
 class RoomCalls:
     """Admin requests from routes to shards, with the outcome turned into HTTP."""
 
-    def __init__(self, shards: int, client: ShardRequester, counts: Counter[str]) -> None:
+    def __init__(
+        self, shards: int, client: ShardRequester, counts: Counter[str], view: ViewFile | None = None
+    ) -> None:
         self.shards = shards
         self.client = client
         self.counts = counts
+        self.view = view
 
     def shard_of(self, room_id: str) -> int:
-        return shard_for_room(room_id.encode("utf-8"), self.shards)
+        """The request key of the shard that owns ``room_id``, on this node or another."""
+        room = room_id.encode("utf-8")
+        if self.view is None:
+            return shard_for_room(room, self.shards)
+        self.view.poll()
+        node_id, shard = owner_of(room, self.view.view)
+        if node_id == self.view.node_id:
+            return shard
+        node = self.view.view.node(node_id)
+        endpoint = node.endpoints.get(admin_key(shard)) if node is not None else None
+        remote = getattr(self.client, "remote", None)
+        if endpoint is None or remote is None:
+            raise http_error(Outcome.UNAVAILABLE, f"room {room_id!r} is owned by node {node_id!r}, not reachable")
+        return remote(endpoint)
 
     async def room(self, room_id: str, request: dict[str, Any]) -> dict[str, Any]:
         """Ask the shard that owns ``room_id``; the ok body or an HTTPException."""

@@ -21,6 +21,7 @@ import zmq
 import zmq.asyncio
 
 from relay.admin import MalformedReply, Outcome, parse_reply
+from relay.cluster.link_security import ClusterKeys, curve_client, load_cluster_keys
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.logs import RateLimitedLog
@@ -83,13 +84,28 @@ class ShardClient:
         self._ids = itertools.count(1)
         self.counts: Counter[str] = Counter()
         self._closed = False
+        # Shards of other nodes (cluster mode): extra keys past the local ones,
+        # reached over CURVE with the cluster key pair.
+        self._remote_keys: dict[str, int] = {}
+        self.cluster_keys: ClusterKeys | None = None
+
+    def remote(self, endpoint: str) -> int:
+        """The request key of another node's shard admin endpoint."""
+        key = self._remote_keys.get(endpoint)
+        if key is None:
+            key = self._remote_keys[endpoint] = len(self.endpoints)
+            self.endpoints.append(endpoint)
+        return key
 
     @classmethod
     def for_node(cls, config: RelayConfig, run_dir: str) -> ShardClient:
         endpoints = NodeEndpoints(run_dir)
-        return cls(
+        client = cls(
             [endpoints.shard_admin(k) for k in range(config.shards)], config.rest_request_timeout
         )
+        if config.store:
+            client.cluster_keys = load_cluster_keys(config.cluster_key_file)
+        return client
 
     def _socket(self, shard: int) -> zmq.asyncio.Socket:
         sock = self._sockets.get(shard)
@@ -104,6 +120,8 @@ class ShardClient:
         # Requests queue only briefly for a stopped shard; past this the send
         # itself waits and the request times out like any other.
         sock.setsockopt(zmq.SNDHWM, 1000)
+        if shard in self._remote_keys.values() and self.cluster_keys is not None:
+            curve_client(sock, self.cluster_keys)
         sock.connect(self.endpoints[shard])
         self._sockets[shard] = sock
         self._readers[shard] = asyncio.get_running_loop().create_task(
