@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -109,6 +110,8 @@ class ShardState:
         # Room frame -> validated room id: poses arrive at 10-60 Hz per client
         # and need not decode the same UTF-8 bytes every time.
         self._room_names: dict[bytes, str] = {}
+        # Cluster mode: whether this shard owns a room in the current view.
+        self.owns: Callable[[str], bool] | None = None
         self.held: dict[str, HeldRoom] = {}
         self.held_total = 0
         # A held room gives up after this long (the old owner's lease must
@@ -132,6 +135,10 @@ class ShardState:
             return room
         if len(self.rooms) >= self.max_rooms:
             raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms already")
+        if self.owns is not None and not self.owns(room_id):
+            # Sent by an ingress whose view is a moment behind ours: loading
+            # it here would take the lease from its rightful owner.
+            raise ProtocolError("not_owner", f"room {room_id!r} belongs to another shard in this view")
         snapshot = None
         if self.store is not None:
             # Lease first, then load: the state read is the state no other

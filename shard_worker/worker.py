@@ -85,6 +85,9 @@ class ShardWorker:
             max_rooms=config.max_rooms_per_shard,
             now=now,
         )
+        if config.store:
+            me = (self.node_id, shard_index)
+            self.state.owns = lambda room_id: owner_of(room_id.encode("utf-8"), self.view_file.view) == me
         self.control = ControlQueue(config.ctrl_queue_max)
         self.pending = LatestOnly()
         self.bucket = TokenBucket(config.transform_budget_bytes_per_sec, now)

@@ -222,6 +222,8 @@ class RelayNode:
                 args += ["--cluster-key-file", cluster_key_file()]
         if self.node_id:
             args += ["--node-id", self.node_id]
+        if self.host != "127.0.0.1":
+            args += ["--rest-host", self.host]  # a loopback alias: no token needed
         if self.discovery:
             args += ["--server-discovery-port", str(self.discovery_port)]
         else:
