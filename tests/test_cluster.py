@@ -218,10 +218,15 @@ def test_a_node_with_the_wrong_cluster_key_is_refused(cluster: Cluster, tmp_path
 
 
 def _drive(clients: list, writers: dict, rounds: int, counter: list) -> None:
-    """Keep every client alive (poses) and have each room's writer bump "tick"."""
-    for _ in range(rounds):
+    """Every client sends a pose and a control message (as live clients do:
+    after its control connection moved to another node, a client is
+    addressable again from its next control message, BEHAVIOR §3); each
+    room's writer bumps "tick"."""
+    for n in range(rounds):
         for c in clients:
             send_pose(c, 1.0)
+            if n % 3 == 0 and c.client_no:
+                c.set_client_variable(c.client_no, "alive", str(counter[0]))
         for w in writers.values():
             counter[0] += 1
             w.set_global_variable("tick", str(counter[0]))
