@@ -101,6 +101,7 @@ class ShardWorker:
             "admin_requests": 0,
             "journal_records": 0,
             "rooms_handed_over": 0,
+            "forwarded_in": 0,
             "cluster_broadcast_again": 0,
             "unicast_bytes": 0,
         }
@@ -245,11 +246,14 @@ class ShardWorker:
             try:
                 if credit:
                     self._read_marks[lane] = batch_mark(frame)
+                before = handled
                 for _lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)
                     if out:
                         self._enqueue(out, recv_ns)
+                if not credit:
+                    self.counters["forwarded_in"] += handled - before
             except BatchError as exc:
                 self.state.drops.drop("internal_frame", f"bad batch from ingress: {exc}")
 

@@ -163,6 +163,19 @@ def format_status_table(state: dict[str, Any]) -> str:
             [*shard_rows, ["total", *totals]],
         )
     ingress = (children.get("ingress") or {}).get("status") or {}
+    links = ingress.get("links") or {}
+    if links:
+        forwarded_in = sum(
+            ((children.get(n) or {}).get("status") or {}).get("forwarded_in", 0)
+            for n in children if n.startswith("shard-")
+        )
+        lines += [
+            "",
+            f"node links: forwarded out {links.get('forwarded_messages', 0)} messages "
+            f"({links.get('remote_links', 0)} remote shard lanes), forwarded in to this node's shards "
+            f"{forwarded_in}, unicasts from other nodes' shards {ingress.get('counts', {}).get('remote_unicasts', 0)}, "
+            f"links refused {links.get('links_refused', 0)}",
+        ]
     if ingress:
         counts = ingress.get("counts") or {}
         lines += [

@@ -350,6 +350,8 @@ class Ingress:
                 continue
             _lane, _origin, recv_ns = HEADER.unpack(frames[0])
             room, payload = frames[1], frames[2]
+            if sock is not self.egress:
+                self.counts["remote_unicasts"] += len(frames) - 3
             for identity in frames[3:]:
                 if identity[:TAG_SIZE] != tag:
                     self._drop("foreign_identity", "unicast for another node's client")

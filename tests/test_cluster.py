@@ -359,3 +359,29 @@ def owner_name(room: str, view: ClusterView) -> str:
     from relay.cluster.placement import owner_of
 
     return owner_of(room.encode(), view)[0]
+
+
+def test_relayctl_status_shows_the_cluster_and_forwarded_traffic(cluster: Cluster) -> None:
+    import subprocess
+
+    from tests.support import RELAYCTL, REPO
+
+    a = RawClient(cluster.lb, "status-room", "st-a", subscribe=False)
+    try:
+        a.join()
+        for _ in range(3):
+            a.send_control(Rpc(0, "st-a", (), "x", "[]"))
+    finally:
+        a.close()
+    time.sleep(1.2)  # status files are written every second
+    outputs = [
+        subprocess.run(RELAYCTL + ["status", "--run-dir", n.run_dir], cwd=REPO, capture_output=True, text=True,
+                       timeout=20).stdout
+        for n in cluster.nodes
+    ]
+    for node, out in zip(cluster.nodes, outputs, strict=True):
+        assert f"node {node.node_id}: shared store" in out, out
+        assert "n1(1), n2(1), n3(1)" in out, out
+        assert "node links: forwarded out" in out, out
+    forwarded = [int(out.split("node links: forwarded out ")[1].split()[0]) for out in outputs]
+    assert sum(forwarded) > 0, outputs
