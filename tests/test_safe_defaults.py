@@ -126,8 +126,13 @@ def test_compose_relay_starts_only_with_its_token_secret(tmp_path: Path) -> None
     relay = compose["services"]["relay"]
     args = build_parser().parse_args(relay["command"])
     env = {key: str(value) for key, value in relay["environment"].items()}
-    # The REST port is published, so the relay's own check must demand the secret.
-    assert any(str(p).split(":")[-1] == "8800" for p in relay["ports"])
+    # The REST port is published -- by HAProxy, which passes it to every
+    # replica's REST bridge on the compose network -- so the relay's own
+    # check must demand the secret.
+    haproxy = compose["services"]["haproxy"]
+    assert any(str(p).split("/")[0].split(":")[-1] == "8800" for p in haproxy["ports"])
+    assert "server-template relay 10 relay:8800 " in (DEPLOY / "haproxy.cfg").read_text()
+    assert not is_loopback(args.rest_host)
     secret_path = env["RELAY_REST_TOKEN_FILE"]
     assert secret_path.startswith("/run/secrets/")
     assert secret_path.rsplit("/", 1)[1] in relay["secrets"]
@@ -141,18 +146,33 @@ def test_compose_relay_starts_only_with_its_token_secret(tmp_path: Path) -> None
     secret.write_text(LONG_TOKEN)
     config = secure_config(config_from_args(args, {**env, "RELAY_REST_TOKEN_FILE": str(secret)}))
     assert config.rest_token == LONG_TOKEN and config.rest_host == "0.0.0.0"
+    # The node links of a shared store admit members only: the relay refuses
+    # the store without the cluster key, which compose hands over as a secret.
+    assert config.store and config.cluster_key_file.startswith("/run/secrets/")
+    assert config.cluster_key_file.rsplit("/", 1)[1] in relay["secrets"]
+    no_key = [a for a in relay["command"] if a not in ("--cluster-key-file", config.cluster_key_file)]
+    with pytest.raises(ConfigError, match="cluster_key_file is required"):
+        config_from_args(build_parser().parse_args(no_key), {**env, "RELAY_REST_TOKEN_FILE": str(secret)})
 
 
 def test_compose_publishes_no_metrics_and_unauthenticated_uis_on_loopback_only() -> None:
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    # Beyond loopback only the clients' ports, all through HAProxy: control,
+    # pub, transform, REST (token required, above) and TCP discovery.
+    client_ports = {"5555", "5556", "5557", "8800", "49999"}
     for name, service in compose["services"].items():
         for mapping in service.get("ports", []):
             text = str(mapping)
             container_port = text.split("/")[0].split(":")[-1]
             assert container_port != "9100", f"{name} publishes /metrics: {text}"
-            if name in ("prometheus", "grafana"):
+            if name != "haproxy" or container_port not in client_ports:
+                # Prometheus, Grafana and HAProxy's stats page are unauthenticated.
                 assert text.startswith("127.0.0.1:"), f"{name} published beyond loopback: {text}"
+    # The relay replicas publish nothing (--scale); the stats page binds
+    # loopback unless the compose file moves it inside the container.
+    assert "ports" not in compose["services"]["relay"]
+    assert 'bind "${HAPROXY_STATS_ADDR-127.0.0.1}:8404"' in (DEPLOY / "haproxy.cfg").read_text()
     secrets_dir = DEPLOY / "secrets"
     assert (secrets_dir / ".gitignore").read_text().splitlines()[1] == "*"
 
