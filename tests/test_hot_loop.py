@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.config import RelayConfig
-from shard_worker.store import sqlite_store as journal
 from shard_worker.room import Room
 from shard_worker.shard import ShardState
+from shard_worker.store import sqlite_store as journal
 from tests.support import RawClient, RelayNode, wait_for
 from tests.test_shard_state import CTRL, XFM, hello, new_state, obj_pose, own, pose
 
