@@ -7,7 +7,7 @@ HASH := $(shell cksum pyproject.toml | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-test-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 
-.PHONY: run test lint bench bench-codec clean
+.PHONY: run test lint bench bench-codec bench-cluster clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench-codec: $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.cluster
+
+# The cross-node hop alone: 1 node, 1 node behind HAProxy, 3 nodes behind HAProxy.
+bench-cluster: $(BENCH_STAMP)
+	$(BIN)/python -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
