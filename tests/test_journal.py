@@ -407,3 +407,22 @@ def test_new_store_is_wal_with_schema_version(data_dir: str) -> None:
         )
     finally:
         db.close()
+
+
+def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_rooms(data_dir: str) -> None:
+    store = open_store(data_dir, 0)
+    store.apply([("device", "old", "d", 1, 2)])
+    path = store.path
+    store.close()
+    with sqlite3.connect(path) as db:  # what the previous release wrote
+        db.execute("DROP TABLE object_poses")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    again = open_store(data_dir, 0)
+    try:
+        again.apply([("object_pose", "old", 5, bytes(13), 3)])
+        snap = again.load_room("old")
+        assert snap is not None and snap.devices == {"d": 1} and snap.object_poses == {5: (bytes(13), 3)}
+    finally:
+        again.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)

@@ -41,8 +41,9 @@ __all__ = [
 
 SCHEMA_VERSION = 2
 # Version 1 had no object_poses table; it is upgraded in place on open.
-_UPGRADES = {
-    "1": """
+# The last pose of each object (13 bytes, verbatim), written at most once
+# per broadcast tick: what a late joiner (or a new owner shard) sends.
+_OBJECT_POSES_TABLE = """
 CREATE TABLE object_poses (
     room_id   TEXT NOT NULL,
     object_id INTEGER NOT NULL,
@@ -50,8 +51,8 @@ CREATE TABLE object_poses (
     pose_seq  INTEGER NOT NULL,
     PRIMARY KEY (room_id, object_id)
 ) WITHOUT ROWID;
-""",
-}
+"""
+_UPGRADES = {"1": _OBJECT_POSES_TABLE}
 
 # A worker owns its file alone, so the lock is only ever contended by an
 # operator's sqlite3 shell or a predecessor that has not quite exited yet.
@@ -118,16 +119,6 @@ CREATE TABLE objects (
     room_id   TEXT NOT NULL,
     object_id INTEGER NOT NULL,
     owner     INTEGER NOT NULL,
-    PRIMARY KEY (room_id, object_id)
-) WITHOUT ROWID;
-
--- The last pose of each object (13 bytes, verbatim), written at most once
--- per broadcast tick: what a late joiner (or a new owner shard) sends.
-CREATE TABLE object_poses (
-    room_id   TEXT NOT NULL,
-    object_id INTEGER NOT NULL,
-    pose      BLOB NOT NULL,
-    pose_seq  INTEGER NOT NULL,
     PRIMARY KEY (room_id, object_id)
 ) WITHOUT ROWID;
 
@@ -374,6 +365,7 @@ class SqliteRoomStore:
                 db.executescript(
                     "BEGIN IMMEDIATE;"
                     + _SCHEMA
+                    + _OBJECT_POSES_TABLE
                     + f"INSERT INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');"
                     + "COMMIT;"
                 )
