@@ -9,7 +9,7 @@ shard's monotonic clock, which is the clock every room timestamp uses.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from shard_worker.room import Room, Var
@@ -56,8 +56,14 @@ def _vars(variables: Mapping[str, Var]) -> list[dict[str, Any]]:
     ]
 
 
-def room_detail(room: Room, now: float) -> dict[str, Any]:
-    """Everything the room page shows: members, variables, objects."""
+def room_detail(
+    room: Room, now: float, node_of: Callable[[bytes | None], str | None] | None = None
+) -> dict[str, Any]:
+    """Everything the room page shows: members, variables, objects.
+
+    ``node_of`` names the node whose ingress holds a member's control
+    connection (cluster mode: from the identity's node tag).
+    """
     members = sorted(room.members.values(), key=lambda m: m.client_no)
     member_rows = [
         {
@@ -67,6 +73,7 @@ def room_detail(room: Room, now: float) -> dict[str, Any]:
             "poseAgeS": _age(now, m.pose_time) if m.pose_body is not None else None,
             "lastSeenAgeS": _age(now, m.last_update),
             "controlConnected": m.control_identity is not None,
+            **({"node": node_of(m.control_identity)} if node_of is not None else {}),
         }
         for m in members[:DETAIL_LIST_CAP]
     ]

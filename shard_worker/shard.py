@@ -110,8 +110,10 @@ class ShardState:
         # Room frame -> validated room id: poses arrive at 10-60 Hz per client
         # and need not decode the same UTF-8 bytes every time.
         self._room_names: dict[bytes, str] = {}
-        # Cluster mode: whether this shard owns a room in the current view.
+        # Cluster mode: whether this shard owns a room in the current view,
+        # and which node holds a control connection (for the console).
         self.owns: Callable[[str], bool] | None = None
+        self.node_of: Callable[[bytes | None], str | None] | None = None
         self.held: dict[str, HeldRoom] = {}
         self.held_total = 0
         # A held room gives up after this long (the old owner's lease must
@@ -456,7 +458,7 @@ class ShardState:
                 room = self._room(room_id, now, create=False)
                 if room is None:
                     return self._no_room(room_id), []
-                return ok(room_detail(room, now)), []
+                return ok(room_detail(room, now, self.node_of)), []
             if op == "evict":
                 return self._evict(room_id, device_id, now)
             if op == "client_vars_set":

@@ -64,7 +64,7 @@ class ShardWorker:
         self.heartbeat = heartbeat
         self.stopping = False
         now = time.monotonic()
-        self.view_file = ViewFile(run_dir)
+        self.view_file = ViewFile(run_dir, shards=config.shards)
         self.node_id = self.view_file.node_id
         self.number = self.view_file.number
         self.tag = node_tag(self.number)
@@ -88,6 +88,7 @@ class ShardWorker:
         if config.store:
             me = (self.node_id, shard_index)
             self.state.owns = lambda room_id: owner_of(room_id.encode("utf-8"), self.view_file.view) == me
+            self.state.node_of = lambda identity: self._member_stamp(identity)[0] if identity else None
         self.control = ControlQueue(config.ctrl_queue_max)
         self.pending = LatestOnly()
         self.bucket = TokenBucket(config.transform_budget_bytes_per_sec, now)

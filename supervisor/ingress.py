@@ -82,7 +82,7 @@ class Ingress:
         self.config = config
         self.endpoints = NodeEndpoints(run_dir)
         self.heartbeat = heartbeat
-        self.view_file = ViewFile(run_dir)
+        self.view_file = ViewFile(run_dir, shards=config.shards)
         self.router = LocalRouter(self.view_file.view, self.view_file.node_id)
         # Control identities carry this node's tag (relay/frames.py): the
         # owner of a room, wherever it runs, sends unicasts back here.

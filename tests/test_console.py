@@ -138,6 +138,13 @@ def test_missing_room_is_404_and_not_created(api: httpx.Client) -> None:
     assert api.get("/v1/rooms", params={"search": "console-nowhere"}).json()["total"] == 0
 
 
+def node_id_of(api: httpx.Client) -> str:
+    """The node id the relay reports for itself (its host name by default)."""
+    import socket
+
+    return socket.gethostname().split(".")[0]
+
+
 def test_room_page_shows_members_and_variables(api: httpx.Client, clients: list[Any]) -> None:
     lobby = clients[0]
     def complete() -> dict[str, Any] | None:
@@ -146,7 +153,7 @@ def test_room_page_shows_members_and_variables(api: httpx.Client, clients: list[
 
     page = wait_for(complete, 10, interval=0.1, what="lobby with members and a global")
     assert {m["deviceId"] for m in page["memberList"]} == {c.device_id for c in clients[:3]}
-    assert all(m["node"] == "local" and not m["stealth"] for m in page["memberList"])
+    assert all(m["node"] == node_id_of(api) and not m["stealth"] for m in page["memberList"])
     assert all(m["poseAgeS"] is not None and m["poseAgeS"] < 5 for m in page["memberList"])
     assert {"name": "scene", "value": "forest", "lastWriterClientNo": lobby.client_no} in page["globalVariables"]
     assert {
@@ -170,7 +177,7 @@ def test_cluster_view_of_a_real_node(api: httpx.Client, clients: list[Any]) -> N
     view = wait_for(settled, 15, interval=0.2, what="live shard stats with message rates")
     assert view["operatorActions"] is True
     (node,) = view["nodes"]
-    assert node["nodeId"] == "local" and node["supervisorPid"]
+    assert node["nodeId"] == node_id_of(api) and node["supervisorPid"]
     assert [s["shard"] for s in node["shards"]] == [0, 1]
     assert {"ingress", "proxy", "rest", "shard-0", "shard-1"} <= {c["name"] for c in node["children"]}
     assert all(s["ctrlQueueDepth"] is not None and s["restarts"] == 0 for s in node["shards"])

@@ -80,7 +80,7 @@ def test_inflight_bytes_are_bounded_and_credit_releases_them(ingress: Ingress, m
         credit_out.send(credit_frame(Lane.CONTROL, 0, epoch, messages, nbytes))
 
         def credited() -> bool:
-            ingress._pump_egress()
+            ingress._pump_egress(ingress.egress)
             return ingress.acked[Lane.CONTROL][0][0] == messages
 
         wait_for(credited, 5, what="credit applied")

@@ -13,7 +13,7 @@ import time
 
 import orjson
 
-from relay.cluster.view import ClusterView
+from relay.cluster.view import ClusterView, local_view
 from relay.status import write_status
 
 __all__ = ["ViewFile", "view_path", "write_view"]
@@ -35,7 +35,7 @@ def write_view(run_dir: str, node_id: str, epoch: int, number: int, view: Cluste
 class ViewFile:
     """The child side: the current view, re-read when the file changes."""
 
-    def __init__(self, run_dir: str, check_interval: float = 0.1) -> None:
+    def __init__(self, run_dir: str, check_interval: float = 0.1, *, shards: int | None = None) -> None:
         self.path = view_path(run_dir)
         self.check_interval = check_interval
         self._mtime = -1
@@ -47,7 +47,11 @@ class ViewFile:
         self.view: ClusterView | None = None
         self._load()
         if self.view is None:
-            raise FileNotFoundError(f"no cluster view at {self.path}")
+            if shards is None:
+                raise FileNotFoundError(f"no cluster view at {self.path}")
+            # A child started without a supervisor (tools, unit tests): a node
+            # alone; a view written later is picked up by poll().
+            self.view = local_view("", shards)
 
     def _load(self) -> bool:
         try:

@@ -85,7 +85,7 @@ class NodeStatusReader:
             endpoints = NodeEndpoints(self.run_dir)
             candidates += [read_status(endpoints.status_file(f"shard-{k}")) or {} for k in range(shards)]
         for document in candidates:
-            value = document.get("node_id")
+            value = document.get("node_id") or (document.get("cluster") or {}).get("node_id")
             if isinstance(value, str) and value:
                 return value
         return LOCAL_NODE

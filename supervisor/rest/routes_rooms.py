@@ -78,8 +78,9 @@ def add_room_routes(
     async def get_room(room_id: str) -> dict[str, Any]:
         check_path_text(room_id=room_id)
         detail = await calls.room(room_id, {"op": "room_detail", "room": room_id})
-        # Connections are all on this node until the cluster forwards them.
+        # A shard in cluster mode names each member's node (from its identity);
+        # on a single node every connection is on this one.
         node = reader.node_id(config.shards)
         for member in detail.get("memberList", []):
-            member["node"] = node
+            member.setdefault("node", node)
         return {**detail, "shard": calls.shard_of(room_id)}
