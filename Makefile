@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 HASH := $(shell cksum pyproject.toml | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-test-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
+SOAK_MINUTES ?= 30
 
-.PHONY: run test lint bench bench-codec clean
+.PHONY: run test lint bench bench-codec soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,11 @@ bench-codec: $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run
+
+# A relay under churn, shard kills and bad input for SOAK_MINUTES (default 30);
+# fails on leaks, exceeded bounds, lost acknowledged values or unexpected deaths.
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
