@@ -21,7 +21,14 @@ import zmq
 
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints
-from relay.frames import BatchError, batch_mark, credit_frame, iter_batch, unicast_frames
+from relay.frames import (
+    RESET_EPOCH,
+    BatchError,
+    batch_mark,
+    credit_frame,
+    iter_batch,
+    unicast_frames,
+)
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
@@ -89,6 +96,8 @@ class ShardWorker:
         # and what was last reported back (the ingress's credit, frames.py).
         self._read_marks: dict[int, tuple[int, int, int]] = {}
         self._reported_marks: dict[int, tuple[int, int, int]] = {}
+        # First thing after start: release what a predecessor held (frames.py).
+        self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
 
     # ------------------------------------------------------------- sockets
 
@@ -170,7 +179,7 @@ class ShardWorker:
         self._journal()
         self._send_control(drain_budget)
         self._send_broadcasts(now)
-        if self._read_marks != self._reported_marks:
+        if self._reset_lanes or self._read_marks != self._reported_marks:
             self._send_credit()
         if self.heartbeat is not None:
             self.heartbeat.value = now
@@ -201,6 +210,13 @@ class ShardWorker:
 
     def _send_credit(self) -> None:
         """Tell the ingress how far each lane has been read (bounds its in-flight queue)."""
+        while self._reset_lanes:
+            try:
+                self.egress.send(credit_frame(self._reset_lanes[0], self.index, RESET_EPOCH, 0, 0), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["egress_again"] += 1
+                return
+            self._reset_lanes.pop(0)
         for lane, mark in self._read_marks.items():
             if self._reported_marks.get(lane) == mark:
                 continue
