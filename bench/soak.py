@@ -725,7 +725,18 @@ def main(argv: list[str] | None = None) -> int:
     node = Node(args.shards, workdir)
     log(f"relay on control {node.ports.control}, REST {node.ports.rest}, metrics {node.metrics_port}; "
         f"{args.minutes:g} min, kill every {kill_every:.0f} s, warm-up {warmup:.0f} s; work dir {workdir}")
+    # SIGTERM (make interrupted, CI timeout) ends the run like Ctrl-C, so the
+    # relay below is always stopped and never left running.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     node.start()
+    try:
+        return run(args, node, duration, kill_every, warmup, stem)
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            node.stop()
+
+
+def run(args: argparse.Namespace, node: Node, duration: float, kill_every: float, warmup: float, stem: Path) -> int:
     ledger = Ledger()
     stop = threading.Event()
     load = Load(node.ports, node.ports.rest, ledger, stop)
