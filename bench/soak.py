@@ -669,9 +669,10 @@ def plot(rows: list[dict[str, Any]], kills: list[dict[str, Any]], shards: int, p
     t = [r["t_s"] / 60 for r in rows]
     names = (*PROCESSES, *(f"shard-{k}" for k in range(shards)))
     fig, axes = plt.subplots(4, 1, figsize=(10, 12), sharex=True)
+    nan = float("nan")  # a sample taken while a killed shard restarts: a gap, not a zero
     for name in names:
-        axes[0].plot(t, [(r[f"{name}_rss_kib"] or 0) / 1024 for r in rows], label=name)
-        axes[1].plot(t, [r[f"{name}_fds"] or 0 for r in rows], label=name)
+        axes[0].plot(t, [r[f"{name}_rss_kib"] / 1024 if r[f"{name}_rss_kib"] else nan for r in rows], label=name)
+        axes[1].plot(t, [r[f"{name}_fds"] if r[f"{name}_fds"] else nan for r in rows], label=name)
     axes[0].set_ylabel("RSS (MiB)")
     axes[1].set_ylabel("open fds")
     axes[2].plot(t, [r["retry_queued"] for r in rows], label="ingress retry queue (msgs)")
@@ -702,6 +703,15 @@ def plot(rows: list[dict[str, Any]], kills: list[dict[str, Any]], shards: int, p
     plt.close(fig)
 
 
+def replot(stem: Path) -> int:
+    summary = json.loads(Path(f"{stem}.json").read_text())
+    with open(f"{stem}.csv", newline="") as fh:
+        rows = [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(fh)]
+    plot(rows, summary["kills"], summary["shards"], Path(f"{stem}.png"),
+         f"soak {summary['minutes']:g} min, {summary['shards']} shards")
+    return 0
+
+
 # -------------------------------------------------------------------- main
 
 
@@ -714,7 +724,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=float, default=None, help="seconds before trends count (default 5 min, or 1/3 of a short run)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--replot", type=Path, metavar="STEM", help="only redraw STEM.png from STEM.csv and STEM.json")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.replot)
     duration = args.minutes * 60
     kill_every = args.kill_every or (240.0 if duration >= 600 else duration * 0.4)
     warmup = args.warmup if args.warmup is not None else (300.0 if duration >= 1200 else duration / 3)
