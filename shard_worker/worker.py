@@ -199,7 +199,12 @@ class ShardWorker:
             except zmq.Again:
                 return
             try:
-                self._read_marks[lane] = batch_mark(frame)
+                mark = batch_mark(frame)
+                # A batch built without an ingress epoch (BatchBuilder.take()'s
+                # default, e.g. one forwarded by another node) is credit for no
+                # ingress, and epoch 0 on the egress would mean RESET.
+                if mark[0] != RESET_EPOCH:
+                    self._read_marks[lane] = mark
                 for lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)

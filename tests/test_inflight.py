@@ -157,3 +157,47 @@ def test_a_shard_announces_its_start_with_a_reset_credit(tmp_path) -> None:
     finally:
         worker._close_sockets()
         egress.close()
+
+
+def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(tmp_path) -> None:
+    from relay.frames import parse_credit
+    from shard_worker.worker import ShardWorker
+
+    config = RelayConfig(shards=1, data_dir="", run_dir=str(tmp_path))
+    ctx = zmq.Context.instance()
+    egress = ctx.socket(zmq.PULL)
+    egress.setsockopt(zmq.LINGER, 0)
+    worker = ShardWorker(config, 0, str(tmp_path))
+    egress.bind(worker.endpoints.egress)
+    worker._open_sockets()
+    inbox = ctx.socket(zmq.PUSH)
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.connect(worker.endpoints.shard_inbox(0, Lane.CONTROL))
+    try:
+        worker._turn()  # start: the two RESET credits
+        batch = BatchBuilder(Lane.CONTROL)
+
+        def handled() -> int:
+            return sum(worker.state.drops.counts.values()) + sum(worker.state.messages_in.values())
+
+        for count, marks in ((3, ()), (2, (0x1234, 10, 1000))):
+            before = handled()
+            fill(batch, count)
+            inbox.send(batch.take(*marks))  # first without an epoch (as forwarded), then local
+            for _ in range(100):
+                worker._turn()  # one batch per turn, so each may be echoed
+                if handled() >= before + count:
+                    break
+        credits = []
+        while egress.poll(200):
+            frame = egress.recv()
+            credit = parse_credit(frame)
+            if credit is not None:
+                credits.append(credit)
+        resets = [c for c in credits if c[2] == RESET_EPOCH]
+        assert len(resets) == 2, credits  # the start announcement only
+        assert (Lane.CONTROL, 0, 0x1234, 12) == credits[-1][:4]
+    finally:
+        inbox.close()
+        worker._close_sockets()
+        egress.close()
