@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 HASH := $(shell cksum pyproject.toml | cut -d' ' -f1)
 STAMP := $(VENV)/.installed-test-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
+SOAK_MINUTES ?= 30
 
-.PHONY: run test lint bench bench-codec bench-cluster clean
+.PHONY: run test lint bench bench-codec bench-cluster soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,11 @@ bench: $(BENCH_STAMP)
 # The cross-node hop alone: 1 node, 1 node behind HAProxy, 3 nodes behind HAProxy.
 bench-cluster: $(BENCH_STAMP)
 	$(BIN)/python -m bench.cluster
+
+# A relay under churn, shard kills and bad input for SOAK_MINUTES (default 30);
+# fails on leaks, exceeded bounds, lost acknowledged values or unexpected deaths.
+soak: $(BENCH_STAMP)
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

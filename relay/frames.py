@@ -25,7 +25,11 @@ totals of the last batch it read back on the egress pipe as a one-frame
 CREDIT message. The ingress bounds ``pushed - echoed`` in messages and bytes.
 Batches a crashed shard never read are covered by the next echo (totals are
 cumulative), and echoes carrying another epoch (an earlier ingress) are
-ignored.
+ignored. A shard that starts sends a RESET credit (epoch 0): a predecessor
+may have taken the whole allowance into its buffers and died with it, and
+without a batch read there would be no echo to release it. The ingress then
+counts everything pushed so far as read; what is still in the pipe for the
+new shard was admitted under the bound, so in flight stays below twice it.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ RECORD = struct.Struct("<qBBI")
 # ingress epoch, messages and bytes read (the totals of the last batch read).
 CREDIT = struct.Struct("<BBHIQQ")
 CREDIT_TAG = 0xFF
+# Epoch of a credit sent by a shard at start: "everything before me is gone".
+RESET_EPOCH = 0
 # A credit frame must never be mistaken for a unicast header (and vice versa).
 assert CREDIT.size != struct.calcsize("<BHq")
 

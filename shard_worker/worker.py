@@ -26,6 +26,7 @@ from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, cluster_endpoints
 from relay.frames import (
     HEADER,
+    RESET_EPOCH,
     TAG_SIZE,
     BatchError,
     batch_mark,
@@ -114,6 +115,8 @@ class ShardWorker:
         # and what was last reported back (the ingress's credit, frames.py).
         self._read_marks: dict[int, tuple[int, int, int]] = {}
         self._reported_marks: dict[int, tuple[int, int, int]] = {}
+        # First thing after start: release what a predecessor held (frames.py).
+        self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
 
     # ------------------------------------------------------------- sockets
 
@@ -221,7 +224,7 @@ class ShardWorker:
         self._journal()
         self._send_control(drain_budget)
         self._send_broadcasts(now)
-        if self._read_marks != self._reported_marks:
+        if self._reset_lanes or self._read_marks != self._reported_marks:
             self._send_credit()
         if self.heartbeat is not None:
             self.heartbeat.value = now
@@ -246,7 +249,11 @@ class ShardWorker:
                 return
             try:
                 if credit:
-                    self._read_marks[lane] = batch_mark(frame)
+                    mark = batch_mark(frame)
+                    # A batch built without an ingress epoch is credit for no
+                    # ingress, and epoch 0 on the egress would mean RESET.
+                    if mark[0] != RESET_EPOCH:
+                        self._read_marks[lane] = mark
                 before = handled
                 for _lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
@@ -260,6 +267,13 @@ class ShardWorker:
 
     def _send_credit(self) -> None:
         """Tell the ingress how far each lane has been read (bounds its in-flight queue)."""
+        while self._reset_lanes:
+            try:
+                self.egress.send(credit_frame(self._reset_lanes[0], self.index, RESET_EPOCH, 0, 0), zmq.NOBLOCK)
+            except zmq.Again:
+                self.counters["egress_again"] += 1
+                return
+            self._reset_lanes.pop(0)
         for lane, mark in self._read_marks.items():
             if self._reported_marks.get(lane) == mark:
                 continue

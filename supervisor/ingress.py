@@ -32,7 +32,15 @@ from relay.cluster.placement import LocalRouter
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, cluster_endpoints, tcp_bind
-from relay.frames import HEADER, HEADER_SIZE, TAG_SIZE, BatchBuilder, node_tag, parse_credit
+from relay.frames import (
+    HEADER,
+    HEADER_SIZE,
+    RESET_EPOCH,
+    TAG_SIZE,
+    BatchBuilder,
+    node_tag,
+    parse_credit,
+)
 from relay.histogram import LatencyHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
@@ -108,7 +116,7 @@ class Ingress:
         # Credit per (lane, shard): [messages, bytes] pushed, and the totals
         # the shard last reported as read (relay/frames.py). A fresh epoch per
         # ingress process tells its batches from a predecessor's.
-        self.epoch = random.getrandbits(32)
+        self.epoch = random.getrandbits(32) or 1  # 0 is RESET_EPOCH
         lanes = (Lane.CONTROL, Lane.TRANSFORM)
         self.pushed = {lane: [[0, 0] for _ in range(config.shards)] for lane in lanes}
         self.acked = {lane: [[0, 0] for _ in range(config.shards)] for lane in lanes}
@@ -326,11 +334,18 @@ class Ingress:
         if credit is None:
             return False
         lane, shard, epoch, messages, nbytes = credit
-        if epoch != self.epoch or lane not in self.acked or not 0 <= shard < len(self.acked[lane]):
-            return True  # meant for a predecessor of this process
+        if lane not in self.acked or not 0 <= shard < len(self.acked[lane]):
+            return True
         acked = self.acked[lane][shard]
-        # Totals only grow; an echo cannot exceed what was pushed.
         pushed = self.pushed[lane][shard]
+        if epoch == RESET_EPOCH:
+            # A (re)started shard: whatever its predecessor held is gone.
+            acked[0], acked[1] = pushed
+            self.counts["credit_resets"] += 1
+            return True
+        if epoch != self.epoch:
+            return True  # meant for a predecessor of this process
+        # Totals only grow; an echo cannot exceed what was pushed.
         acked[0] = min(max(acked[0], messages), pushed[0])
         acked[1] = min(max(acked[1], nbytes), pushed[1])
         return True

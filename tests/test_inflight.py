@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from relay.config import RelayConfig
-from relay.frames import BATCH_HEADER, BatchBuilder, batch_mark, credit_frame
+from relay.frames import BATCH_HEADER, RESET_EPOCH, BatchBuilder, batch_mark, credit_frame
 from relay.protocol.messages import Lane
 from supervisor import ingress as ingress_module
 from supervisor.ingress import Ingress
@@ -92,3 +92,112 @@ def test_inflight_bytes_are_bounded_and_credit_releases_them(ingress: Ingress, m
     finally:
         shard_inbox.close()
         credit_out.close()
+
+
+def test_a_restarted_shard_releases_what_its_predecessor_took_down_with_it(ingress: Ingress, monkeypatch) -> None:
+    """A shard that read the whole allowance into its buffers and died never
+    echoes it back; without a reset the ingress would refuse that shard forever."""
+    monkeypatch.setitem(ingress_module.INFLIGHT_LIMITS, Lane.CONTROL, (256, 1 << 20))
+    ctx = zmq.Context.instance()
+    endpoint = ingress.endpoints.shard_inbox(0, Lane.CONTROL)
+    dead = ctx.socket(zmq.PULL)
+    dead.setsockopt(zmq.LINGER, 0)
+    dead.bind(endpoint)
+    credit_out = ctx.socket(zmq.PUSH)
+    credit_out.setsockopt(zmq.LINGER, 0)
+    credit_out.connect(ingress.endpoints.egress)
+    try:
+        batch = ingress.batches[Lane.CONTROL][0]
+        for _ in range(2):
+            fill(batch, 128)
+            ingress._send_batch(Lane.CONTROL, 0, batch)
+        for _ in range(2):
+            assert dead.poll(2000)
+            dead.recv()  # taken into the shard's hands ...
+        dead.close()  # ... and lost with it (kill -9)
+        fill(batch, 1)
+        ingress._send_batch(Lane.CONTROL, 0, batch)
+        assert ingress.drops["shard_queue_full"] == 1  # the allowance is gone
+        # The successor announces itself: everything before it is released.
+        credit_out.send(credit_frame(Lane.CONTROL, 0, RESET_EPOCH, 0, 0))
+
+        def released() -> bool:
+            ingress._pump_egress(ingress.egress)
+            return ingress.acked[Lane.CONTROL][0] == ingress.pushed[Lane.CONTROL][0]
+
+        wait_for(released, 5, what="reset credit applied")
+        fill(batch, 128)
+        ingress._send_batch(Lane.CONTROL, 0, batch)
+        assert ingress.drops["shard_queue_full"] == 1
+    finally:
+        credit_out.close()
+
+
+def test_a_shard_announces_its_start_with_a_reset_credit(tmp_path) -> None:
+    from relay.frames import parse_credit
+    from shard_worker.worker import ShardWorker
+
+    config = RelayConfig(shards=1, data_dir="", run_dir=str(tmp_path))
+    ctx = zmq.Context.instance()
+    egress = ctx.socket(zmq.PULL)
+    egress.setsockopt(zmq.LINGER, 0)
+    worker = ShardWorker(config, 0, str(tmp_path))
+    egress.bind(worker.endpoints.egress)
+    worker._open_sockets()
+    try:
+        worker._turn()
+        credits = set()
+        while egress.poll(1000):
+            credit = parse_credit(egress.recv())
+            assert credit is not None
+            credits.add((credit[0], credit[2]))
+            if len(credits) == 2:
+                break
+        assert credits == {(Lane.CONTROL, RESET_EPOCH), (Lane.TRANSFORM, RESET_EPOCH)}
+    finally:
+        worker._close_sockets()
+        egress.close()
+
+
+def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(tmp_path) -> None:
+    from relay.frames import parse_credit
+    from shard_worker.worker import ShardWorker
+
+    config = RelayConfig(shards=1, data_dir="", run_dir=str(tmp_path))
+    ctx = zmq.Context.instance()
+    egress = ctx.socket(zmq.PULL)
+    egress.setsockopt(zmq.LINGER, 0)
+    worker = ShardWorker(config, 0, str(tmp_path))
+    egress.bind(worker.endpoints.egress)
+    worker._open_sockets()
+    inbox = ctx.socket(zmq.PUSH)
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.connect(worker.endpoints.shard_inbox(0, Lane.CONTROL))
+    try:
+        worker._turn()  # start: the two RESET credits
+        batch = BatchBuilder(Lane.CONTROL)
+
+        def handled() -> int:
+            return sum(worker.state.drops.counts.values()) + sum(worker.state.messages_in.values())
+
+        for count, marks in ((3, ()), (2, (0x1234, 10, 1000))):
+            before = handled()
+            fill(batch, count)
+            inbox.send(batch.take(*marks))  # first without an epoch (as forwarded), then local
+            for _ in range(100):
+                worker._turn()  # one batch per turn, so each may be echoed
+                if handled() >= before + count:
+                    break
+        credits = []
+        while egress.poll(200):
+            frame = egress.recv()
+            credit = parse_credit(frame)
+            if credit is not None:
+                credits.append(credit)
+        resets = [c for c in credits if c[2] == RESET_EPOCH]
+        assert len(resets) == 2, credits  # the start announcement only
+        assert (Lane.CONTROL, 0, 0x1234, 12) == credits[-1][:4]
+    finally:
+        inbox.close()
+        worker._close_sockets()
+        egress.close()
