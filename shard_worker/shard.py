@@ -486,8 +486,11 @@ class ShardState:
                 body, out = room.rest_set_globals(request["variables"])
                 return ok({"roomId": room_id, **body}), self._tag(room, out)
             if op == "globals_get":
-                # Any REST global-variable call names the room into existence (§1).
-                room = self._room(room_id, now)
+                # Unlike the reference (BEHAVIOR §1), reading never creates a
+                # room: an unknown room has no variables (W13).
+                room = self._room(room_id, now, create=False)
+                if room is None:
+                    return ok({"variables": {}}), []
                 return ok(room.rest_get_globals()), []
         except NvLimitError as exc:
             return refused(Outcome.LIMIT_EXCEEDED, str(exc)), []
