@@ -168,7 +168,8 @@ class RelayConfig:
     rest_max_body_bytes: int = 65536
     object_idle_broadcast_interval: float = 2.0
     # Bounds against unbounded growth (W13): a flood of new room ids or object
-    # ids is refused and counted instead of eating memory.
+    # ids is refused and counted instead of eating memory. Rooms count while
+    # in memory: empty ones make way (room_idle_evict_seconds below).
     max_rooms_per_shard: int = 10_000
     max_objects_per_room: int = 10_000
     # An empty room with nothing pending leaves the shard's memory after this
