@@ -364,3 +364,55 @@ def test_without_the_guard_a_new_connection_takes_the_device_over_at_once() -> N
     out = state.handle(CTRL, b"x", b"r", hello("A"), 1.0)
     assert number_in(out, "A") == 1 and _rpc_to_a(state, 1.0) == frozenset({b"x"})
     assert "device_takeover_refused" not in state.drops.counts
+
+
+class _FakeStore:
+    """A store whose health can be switched: rooms stay in memory while it is degraded."""
+
+    kind = "fake"
+
+    def __init__(self) -> None:
+        from shard_worker.store.base import RoomSnapshot, StoreHealth
+
+        self._health = StoreHealth(kind=self.kind)
+        self.snapshots: dict[str, RoomSnapshot] = {}
+        self.make = RoomSnapshot
+
+    def health(self):  # noqa: ANN201
+        return self._health
+
+    def acquire(self, room_id: str) -> int:
+        from shard_worker.store.base import StoreUnavailable
+
+        if self._health.degraded:
+            raise StoreUnavailable("down")
+        return 1
+
+    def load_room(self, room_id: str):  # noqa: ANN201
+        return self.snapshots.get(room_id)
+
+    def release(self, room_ids: list[str]) -> None:
+        pass
+
+
+def test_no_room_leaves_memory_while_the_store_is_degraded_and_reloaded_rooms_keep_their_lease() -> None:
+    store = _FakeStore()
+    state = state_with(store, shard={"room_idle_evict": 1.0, "max_rooms": 1})  # type: ignore[arg-type]
+    state.handle(CTRL, b"a", b"r", hello("A"), 0.0)
+    store.snapshots["r"] = store.make("r", devices={"A": 1}, next_client_no=2)
+    store._health.degraded = True
+    run(state, None, until=20.0, start=1.0)
+    assert "r" in state.rooms and not state.evicted
+    # At the cap, nothing is evicted either: it could not be loaded back.
+    assert state.handle(CTRL, b"b", b"other", hello("B"), 20.5) == []
+    assert state.drops.counts["room_limit"] == 1
+
+    store._health.degraded = False
+    state.tick(21.0)
+    assert "r" in state.evicted
+    # Used again in the same turn: its lease must not be given back.
+    state.handle(CTRL, b"a", b"r", hello("A"), 21.0)
+    assert state.take_released() == []
+    state.tick(30.0)  # A times out
+    state.tick(32.0)  # idle for 2 s > 1 s: evicted again
+    assert "r" in state.evicted and state.take_released() == ["r"]
