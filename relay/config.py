@@ -172,9 +172,35 @@ class RelayConfig:
     rest_max_body_bytes: int = 65536
     object_idle_broadcast_interval: float = 2.0
     # Bounds against unbounded growth (W13): a flood of new room ids or object
-    # ids is refused and counted instead of eating memory.
+    # ids is refused and counted instead of eating memory. Rooms count while
+    # in memory: empty ones make way (room_idle_evict_seconds below).
     max_rooms_per_shard: int = 10_000
     max_objects_per_room: int = 10_000
+    # An empty room with nothing pending leaves the shard's memory after this
+    # long without a touch (its durable state stays in the store and reloads
+    # on the next message or REST call); least recently used first as soon as
+    # max_rooms_per_shard is reached. 0 = only at the cap. Needs a store
+    # (data_dir or store): without one, a room is dropped only at the cap.
+    room_idle_evict_seconds: float = 60.0
+    # Evicted rooms whose empty-room expiry the shard keeps counting down
+    # (one small entry each); past it the oldest entry is forgotten (counted)
+    # and that room's state stays stored until the room is touched again.
+    max_evicted_rooms_per_shard: int = 100_000
+    # REST client variables of devices without a number yet: at most this
+    # many such devices per room (409 beyond), and deleted once no REST write
+    # has reached them for queued_client_vars_expiry_time seconds.
+    max_queued_devices_per_room: int = 1_000
+    queued_client_vars_expiry_time: float = 86400.0
+    # Admission control, off by default (README "Bounds"). Members per room
+    # (0 = unlimited; a client beyond it gets no number).
+    max_clients_per_room: int = 0
+    # Control messages per second per control connection, burst = 1 s worth;
+    # excess is dropped (0 = off).
+    max_control_rate_per_client: float = 0.0
+    # W14: refuse a new control connection for a device whose current one was
+    # heard from within client_timeout. Off: a client whose socket reconnects
+    # (network blip, node death) legitimately arrives with a new identity.
+    guard_device_takeover: bool = False
     # --- cluster ---
     # "" = SQLite per shard in data_dir (one node, nothing to start);
     # redis://host:port/db = rooms and membership in a shared Valkey/Redis.
@@ -491,7 +517,10 @@ _POSITIVE_FLOAT_KEYS = (
     "heartbeat_timeout",
     "rest_request_timeout",
     "object_idle_broadcast_interval",
+    "queued_client_vars_expiry_time",
 )
+# 0 switches the feature off (or, for room_idle_evict_seconds, to "only at the cap").
+_NON_NEGATIVE_FLOAT_KEYS = ("room_idle_evict_seconds", "max_control_rate_per_client")
 _POSITIVE_INT_KEYS = (
     "poll_timeout",
     "max_global_vars",
@@ -509,6 +538,8 @@ _POSITIVE_INT_KEYS = (
     "rest_max_body_bytes",
     "max_rooms_per_shard",
     "max_objects_per_room",
+    "max_evicted_rooms_per_shard",
+    "max_queued_devices_per_room",
     "max_message_bytes",
 )
 # Upper bounds imposed by wire field widths (PROTOCOL §5, §6): a larger
@@ -558,6 +589,15 @@ def _validate(c: RelayConfig) -> list[str]:
         # hand-over to child processes and make no sense as intervals.
         if not math.isfinite(value) or value <= 0:
             errors.append(f"{key} must be a positive finite number, got {value}")
+
+    for key in _NON_NEGATIVE_FLOAT_KEYS:
+        value = getattr(c, key)
+        if not math.isfinite(value) or value < 0:
+            errors.append(f"{key} must be 0 (off) or a positive finite number, got {value}")
+    if not 0 <= c.max_clients_per_room <= 65535:
+        errors.append(
+            f"max_clients_per_room must be between 0 (unlimited) and 65535, got {c.max_clients_per_room}"
+        )
 
     rate = c.transform_broadcast_rate
     if not math.isfinite(rate) or not 0.5 <= rate <= 60:

@@ -65,7 +65,19 @@ Shards (``shard`` = shard index):
 - ``relay_room_events_total{shard,event}`` counter: nv_writes_applied,
   nv_writes_refused (limits, unmapped target, name over 255 bytes),
   objects_refused (object limit), object_poses_refused (non-members),
-  rpc_fanout (RPC recipients).
+  rpc_fanout (RPC recipients), queued_devices_refused (REST client variables
+  for one more not-yet-joined device, over max_queued_devices_per_room),
+  queued_devices_expired (such devices' variables deleted unclaimed).
+- ``relay_bounds_events_total{shard,event}`` counter: bounded room state
+  (W13): rooms_evicted_idle, rooms_evicted_at_cap (left memory, state kept
+  in the store), rooms_dropped_at_cap (no store: deleted to make room),
+  rooms_reloaded (an evicted room used again), evicted_rooms_expired (deleted
+  after empty_room_expiry_time while out of memory), evicted_index_overflow
+  (an evicted room's expiry no longer tracked). Admission refusals are
+  message drops: ``relay_drops_total{reason="room_full"|
+  "control_rate_limited"|"device_takeover_refused"}``.
+- ``relay_evicted_rooms{shard}`` gauge: evicted rooms whose expiry the shard
+  tracks.
 - ``relay_rooms_expired_total{shard}``, ``relay_admin_requests_total{shard}``,
   ``relay_journal_records_total{shard}`` counters.
 - ``relay_nv_sync_latency_seconds`` histogram, summed over shards: network
@@ -210,9 +222,16 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Pending broadcasts replaced by a newer snapshot.", ("shard",),
     ),
     "relay_rooms_expired_total": ("counter", "Empty rooms expired.", ("shard",)),
+    "relay_bounds_events_total": (
+        "counter",
+        "Bounded room state: rooms evicted from memory, reloaded, expired while evicted, index overflow.",
+        ("shard", "event"),
+    ),
+    "relay_evicted_rooms": ("gauge", "Rooms evicted from memory whose expiry the shard tracks.", ("shard",)),
     "relay_room_events_total": (
         "counter",
-        "Room-level events: NV writes applied/refused, objects and object poses refused, RPC recipients.",
+        "Room-level events: NV writes applied/refused, objects and object poses refused, RPC recipients,"
+        " queued client variables refused/expired.",
         ("shard", "event"),
     ),
     "relay_admin_requests_total": ("counter", "REST bridge requests answered.", ("shard",)),
@@ -362,6 +381,7 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
         ("relay_control_queue_high_water", "ctrl_queue_high_water"),
         ("relay_pending_broadcasts", "pending_broadcasts"),
         ("relay_transform_tokens_bytes", "tokens"),
+        ("relay_evicted_rooms", "evicted_rooms"),
     ):
         scrape.set(name, lab, st.get(field))
     scrape.set("relay_clients", (shard, "visible"), st.get("visible"))
@@ -401,6 +421,8 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
         _counter(raw, "relay_messages_sent_total", (shard, "transform", type_name(type_id)), count)
     for event, count in (st.get("room_counters") or {}).items():
         _counter(raw, "relay_room_events_total", (shard, event), count)
+    for event, count in (st.get("bounds") or {}).items():
+        _counter(raw, "relay_bounds_events_total", (shard, str(event)), count)
     # No shard label: shards share bucket bounds, so the node-wide sum is a
     # valid histogram and keeps the series count independent of --shards.
     _histogram(raw, "relay_nv_sync_latency_seconds", (), st.get("nv_sync_latency"))

@@ -17,7 +17,10 @@ device, then name) share every rule, so the rules are written once here:
 Client variables are stored under the target *device*, so they outlive a
 number's assignment (REST writes before the device has one) and die with the
 device's mapping. Numbers are resolved through the room's
-:class:`~shard_worker.numbering.ClientNumbering`.
+:class:`~shard_worker.numbering.ClientNumbering`. Variables of a device that
+has no number yet ("queued") are bounded (W13): at most
+``max_queued_devices_per_room`` such devices, each deleted once no REST write
+has reached it for ``queued_client_vars_expiry_time``.
 
 Durable changes are appended to ``changes`` as the journal's record tuples:
 ``global``, ``client_var`` and ``client_var_del``. This class builds payloads;
@@ -100,6 +103,9 @@ class NetworkVariables:
         # (target client number, name) -> (value, writer client number)
         self.pending_client: dict[tuple[int, str], tuple[str, int]] = {}
         self.pending_since: float | None = None
+        # device id -> time of the last REST write, for devices with client
+        # variables but no number yet (queued until they join)
+        self.queued_since: dict[str, float] = {}
         self.last_flush_wait: float | None = None
         self.last_flush = -1e18
         self._window_start = now
@@ -318,6 +324,8 @@ class NetworkVariables:
                 del self.pending_client[key]
         if removed:
             self.changes.append(("client_var_del", self.room_id, device_id, name))
+        if device_id in self.queued_since and not self.client_vars.get(device_id):
+            del self.queued_since[device_id]
         return removed
 
     def clear_client(self, device_id: str, client_no: int) -> bytes:
@@ -336,12 +344,14 @@ class NetworkVariables:
     # ------------------------------------------------------------------ REST
 
     def rest_set_client_vars(
-        self, device_id: str, client_no: int | None, variables: dict[str, str]
+        self, device_id: str, client_no: int | None, variables: dict[str, str], now: float = 0.0
     ) -> bool:
         """Apply REST client writes at once (writer 0); True if anything changed.
 
         Raises :class:`RestValidationError` or, if the names would exceed the
-        limit, :class:`NvLimitError` before applying anything.
+        limit, or the device has no number and the room already holds
+        variables for ``max_queued_devices_per_room`` such devices,
+        :class:`NvLimitError` before applying anything.
         """
         self.check_rest_variables(variables)
         pending = self._pending_client_names(client_no) if client_no is not None else set()
@@ -350,13 +360,48 @@ class NetworkVariables:
             raise NvLimitError(
                 f"Too many client variables (> {self.settings.max_client_vars}) for device {device_id}"
             )
+        if client_no is None:
+            limit = self.settings.max_queued_devices_per_room
+            if device_id not in self.queued_since and len(self.queued_since) >= limit:
+                self.counters.queued_devices_refused += 1
+                limited_log.warning(
+                    "queued_devices_limit", "room %r: %d devices already have queued client variables",
+                    self.room_id, limit,
+                )
+                raise NvLimitError(
+                    f"Too many devices with queued client variables (> {limit}) in room {self.room_id}"
+                )
         changed = False
         for name, value in variables.items():
             if client_no is not None:
                 # Arrival order decides: this write supersedes buffered live writes.
                 self.pending_client.pop((client_no, name), None)
             changed |= self._apply_client_var(device_id, name, value, 0)
+        if client_no is None and self.client_vars.get(device_id):
+            self.queued_since[device_id] = now  # the expiry clock restarts
         return changed
+
+    def device_mapped(self, device_id: str) -> None:
+        """The device got a number: its variables are no longer queued."""
+        self.queued_since.pop(device_id, None)
+
+    def track_queued(self, now: float) -> None:
+        """After a reload: devices with variables and no number are queued from ``now``."""
+        devices = self.numbering.devices
+        for device_id in self.client_vars:
+            if device_id not in devices:
+                self.queued_since.setdefault(device_id, now)
+
+    def expire_queued(self, now: float) -> int:
+        """Delete the variables of unnumbered devices no REST write reached for
+        ``queued_client_vars_expiry_time``; returns how many devices went."""
+        expiry = self.settings.queued_client_vars_expiry_time
+        gone = [d for d, at in self.queued_since.items() if now - at > expiry]
+        for device_id in gone:
+            self.delete_client_vars(device_id, None, None)
+            self.queued_since.pop(device_id, None)
+        self.counters.queued_devices_expired += len(gone)
+        return len(gone)
 
     def rest_set_globals(self, variables: dict[str, str]) -> list[VarEntry]:
         """Apply REST global writes at once (writer 0); returns the changed ones.

@@ -8,11 +8,17 @@ The rules, all here:
 - a mapping expires once its device has been unseen for the expiry time
   (the caller decides when to sweep and which devices are still members);
 - numbers are not reused while the counter is at most 65 535; after that a
-  new device takes the lowest number whose device expired, and if there is
-  none it cannot join (W13: logged, not crashed).
+  new device takes the first number, in assignment order, whose device
+  expired (BEHAVIOR §2 "reuse"), and if there is none it cannot join (W13:
+  logged, not crashed).
 
 Assignment order is the insertion order of ``numbers``: mapping broadcasts
-list members in that order, and the journal keeps it (``assign_seq``).
+list members in that order, and the journal keeps it (``assign_seq``). Freed
+numbers wait in a heap keyed by the position of their last assignment: a
+number first given by the counter sits at its own value, a reused one after
+every counter number, in reuse order. After a reload (``restore``) the
+positions of numbers freed before it are not known; they count as given by
+the counter (lowest first), ahead of every number reloaded as assigned.
 
 Durable changes are appended to ``changes`` as the journal's record tuples
 (``shard_worker/store/base.py``): ``device`` on assignment, ``device_expire`` on
@@ -21,6 +27,7 @@ expiry.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
@@ -48,6 +55,15 @@ class ClientNumbering:
         # client number -> device id, in assignment order
         self.numbers: dict[int, str] = {}
         self.next_client_no = 1
+        # Assignment position of numbers that were reused or reloaded (a number
+        # the counter gave sits at its own value), and the last one given.
+        self._position: dict[int, int] = {}
+        self._last_position = 0
+        # (assignment position, number) of numbers whose device expired.
+        self._free: list[tuple[int, int]] = []
+        # Numbers freed while the counter lasted, or before a reload, are in
+        # no heap yet: the first reuse finds them (once).
+        self._unindexed_free = False
 
     def number_of(self, device_id: str) -> int | None:
         device = self.devices.get(device_id)
@@ -65,21 +81,38 @@ class ClientNumbering:
         if self.next_client_no <= MAX_CLIENT_NO:
             client_no = self.next_client_no
             self.next_client_no += 1
+            if self.next_client_no > MAX_CLIENT_NO:
+                # From now on numbers are reused: those freed so far are in no heap.
+                self._unindexed_free = True
         else:
             client_no = self._first_free_number()
             if client_no is None:
                 limited_log.error("numbers_exhausted", "room %r: no client number left for device %r", self.room_id, device_id)
                 return None
+            # A reused number goes to the end of the assignment order.
+            self._last_position = max(self._last_position, MAX_CLIENT_NO) + 1
+            self._position[client_no] = self._last_position
         self.devices[device_id] = Device(client_no, now)
         self.numbers[client_no] = device_id
         self.changes.append(("device", self.room_id, device_id, client_no, self.next_client_no))
         return client_no
 
     def _first_free_number(self) -> int | None:
-        # Only reached after 65 535 assignments; numbers whose device expired
-        # are free again, lowest first (assignment order of the original counter).
-        for client_no in range(1, MAX_CLIENT_NO + 1):
-            if client_no not in self.numbers:
+        # Only reached after 65 535 assignments: the number whose device
+        # expired first in assignment order (BEHAVIOR §2 "reuse").
+        free, numbers = self._free, self.numbers
+        if self._unindexed_free:
+            # Freed while the counter lasted or before a reload: found once,
+            # in counter order (positions before every reuse).
+            self._unindexed_free = False
+            queued = {no for _, no in free}
+            free.extend(
+                (no, no) for no in range(1, MAX_CLIENT_NO + 1) if no not in numbers and no not in queued
+            )
+            heapq.heapify(free)
+        while free:
+            _, client_no = heapq.heappop(free)
+            if client_no not in numbers:
                 return client_no
         return None
 
@@ -102,17 +135,42 @@ class ClientNumbering:
     def expire(self, device_id: str) -> int:
         """Forget the device's mapping; returns the number it held (now free)."""
         device = self.devices.pop(device_id)
-        self.numbers.pop(device.client_no, None)
+        client_no = device.client_no
+        self.numbers.pop(client_no, None)
+        position = self._position.pop(client_no, client_no)
+        if self.next_client_no > MAX_CLIENT_NO:
+            # Only an exhausted counter reuses numbers; the heap holds at most
+            # one entry per number (it leaves when the number is given again).
+            heapq.heappush(self._free, (position, client_no))
         self.changes.append(("device_expire", self.room_id, device_id))
-        return device.client_no
+        return client_no
 
     def restore(self, devices: Mapping[str, int], next_client_no: int, now: float) -> None:
         """Reload journalled mappings, given in assignment order.
 
         Devices count as seen now: their expiry clock restarts, which errs on
-        the side of keeping numbers stable.
+        the side of keeping numbers stable (a shard that evicted the room from
+        memory passes the times it kept to :meth:`restore_last_seen`).
         """
+        exhausted = next_client_no > MAX_CLIENT_NO
+        self._unindexed_free = True
         for device_id, client_no in devices.items():
             self.devices[device_id] = Device(client_no, now)
             self.numbers[client_no] = device_id
+            if exhausted:
+                # Reloaded numbers keep their order, after any number freed before.
+                self._last_position = max(self._last_position, MAX_CLIENT_NO) + 1
+                self._position[client_no] = self._last_position
         self.next_client_no = max(next_client_no, self.next_client_no)
+
+    def last_seen_times(self) -> dict[str, float]:
+        """device id -> last seen, for a shard that drops the room from memory."""
+        return {device_id: device.last_seen for device_id, device in self.devices.items()}
+
+    def restore_last_seen(self, times: Mapping[str, float], now: float) -> None:
+        """Give reloaded devices back the last-seen times kept while the room
+        was out of memory, so eviction never extends a mapping's lifetime."""
+        for device_id, last_seen in times.items():
+            device = self.devices.get(device_id)
+            if device is not None:
+                device.last_seen = min(last_seen, now)

@@ -57,6 +57,11 @@ class ObjectTable:
         # most once per objects broadcast, never once per pose message.
         self._unsaved_poses: set[int] = set()
 
+    @property
+    def has_unsaved_poses(self) -> bool:
+        """Poses received but not journalled yet (written with the next broadcast)."""
+        return bool(self._unsaved_poses)
+
     def _new_object(self, object_id: int) -> RoomObject | None:
         if len(self.objects) >= self.settings.max_objects_per_room:
             self.counters.objects_refused += 1

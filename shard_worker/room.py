@@ -29,7 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from relay.protocol import encode
+from relay.protocol import ProtocolError, encode
 from relay.protocol.fastpath import assemble_room_pose, room_pose_header
 from relay.protocol.messages import FLAG_STEALTH, DeviceIdMapping, MappingEntry, Rpc
 from shard_worker.network_variables import (
@@ -77,6 +77,8 @@ class Member:
     stealth: bool
     pose_body: bytes | None = None
     pose_time: float = 0.0
+    # Last control message from ``control_identity`` (the W14 guard's clock).
+    control_seen: float = 0.0
 
 
 class Room:
@@ -97,6 +99,12 @@ class Room:
         self.last_pose_broadcast = -1e18
         self.last_mapping_broadcast = -1e18
         self.empty_since: float | None = now
+        # Last message or REST call for the room: which empty room the shard
+        # evicts first, and when an idle one leaves memory.
+        self.last_touch = now
+        # CLIENT_VAR_SYNCs announcing a joiner's queued variables to the
+        # others, picked up by the handler that created the member.
+        self._join_syncs: list[Unicast] = []
         self._pose_header = room_pose_header(room_id)
 
     # ------------------------------------------------ shared sinks and views
@@ -193,10 +201,45 @@ class Room:
             client_no = self.numbering.number_of(device_id)
             if client_no is None:
                 continue
-            self.members[device_id] = Member(device_id, client_no, identity, None, now, stealth)
+            self.members[device_id] = Member(device_id, client_no, identity, None, now, stealth, control_seen=now)
+        self.nv.track_queued(now)
         if self.members:
             self.empty_since = None
             self.mapping_dirty = True
+
+    def idle(self) -> bool:
+        """No members and nothing in flight: the room may leave the shard's
+        memory, its durable state being all there is to it.
+
+        Buffered NV writes, object poses not journalled yet and an objects
+        broadcast still due keep it. Journal records already produced are the
+        shard's to write before it releases the room.
+        """
+        return (
+            not self.members
+            and not self.nv.pending_globals
+            and not self.nv.pending_client
+            and not self.object_table.dirty
+            and not self.object_table.has_unsaved_poses
+        )
+
+    def eviction_times(self) -> tuple[dict[str, float], dict[str, float]]:
+        """The clocks a reload would otherwise restart: devices' last seen and
+        queued devices' last REST write (see :meth:`restore_times`)."""
+        return self.numbering.last_seen_times(), dict(self.nv.queued_since)
+
+    def restore_times(
+        self, empty_since: float, last_seen: dict[str, float], queued_since: dict[str, float], now: float
+    ) -> None:
+        """After a reload of a room the shard had evicted: its expiry clocks
+        continue where they were (device and room expiry are never extended
+        by a stay out of memory)."""
+        if not self.members:
+            self.empty_since = min(empty_since, now)
+        self.numbering.restore_last_seen(last_seen, now)
+        for device_id, at in queued_since.items():
+            if device_id in self.nv.queued_since:
+                self.nv.queued_since[device_id] = min(at, now)
 
     # ------------------------------------------------------------ membership
 
@@ -219,15 +262,34 @@ class Room:
         transform_identity: bytes | None = None,
         stealth: bool | None = None,
     ) -> tuple[Member | None, bool]:
-        """Find or create the member; returns (member, created)."""
+        """Find or create the member; returns (member, created).
+
+        Raises ``ProtocolError`` (the message is dropped, nothing changed) for
+        a control message taking over a live member's device id while the
+        W14 guard is on (``device_takeover_refused``) and for a new member
+        beyond ``max_clients_per_room`` (``room_full``).
+        """
         member = self.members.get(device_id)
         if member is not None:
+            if control_identity is not None:
+                if self._takeover_refused(member, control_identity, now):
+                    raise ProtocolError(
+                        "device_takeover_refused",
+                        f"device {device_id[:64]!r} is live on another connection",
+                    )
+                member.control_seen = now
             member.last_update = now
             self.numbering.touch(device_id, now)
             return member, False
+        cap = self.settings.max_clients_per_room
+        if cap and len(self.members) >= cap:
+            raise ProtocolError("room_full", f"room has {len(self.members)} members (max_clients_per_room)")
+        numbered = self.numbering.number_of(device_id) is not None
         client_no = self.numbering.assign(device_id, now)
         if client_no is None:
             return None, False
+        if not numbered:
+            self._announce_queued(device_id, client_no)
         member = Member(
             device_id=device_id,
             client_no=client_no,
@@ -235,6 +297,7 @@ class Room:
             transform_identity=transform_identity,
             last_update=now,
             stealth=bool(stealth),
+            control_seen=now,
         )
         self.members[device_id] = member
         self._journal_member(member)
@@ -242,6 +305,36 @@ class Room:
         self.mapping_dirty = True
         self.pose_dirty = True
         return member, True
+
+    def _takeover_refused(self, member: Member, identity: bytes, now: float) -> bool:
+        """W14 guard: a new control identity for a device whose current one was
+        heard from within ``client_timeout``. Off by default: a client whose
+        control socket reconnects (network blip, a node of the cluster dying)
+        legitimately comes back with a new identity for the same device."""
+        return (
+            self.settings.guard_device_takeover
+            and member.control_identity is not None
+            and member.control_identity != identity
+            and now - member.control_seen <= self.settings.client_timeout
+        )
+
+    def _announce_queued(self, device_id: str, client_no: int) -> None:
+        """A device got its first number: variables queued for it over REST go
+        to the members already there (the joiner gets them in its full NV)."""
+        self.nv.device_mapped(device_id)
+        if self.nv.client_vars.get(device_id):
+            recipients = self._control_identities()
+            if recipients:
+                self._join_syncs.append((recipients, self.nv.client_sync_payload([client_no])))
+
+    def _with_join_syncs(self, out: list[Unicast]) -> list[Unicast]:
+        """The handler's unicasts after the join syncs it caused: the others
+        learn the queued variables before anything the new member changes
+        (a CLIENT_VAR_CLEAR as its first message must come after them)."""
+        if self._join_syncs:
+            out = self._join_syncs + out
+            self._join_syncs = []
+        return out
 
     def _journal_member(self, member: Member) -> None:
         self.changes.append(
@@ -304,7 +397,7 @@ class Room:
             self.pose_dirty = True
         if stealth:
             self.pose_dirty = True
-        return out
+        return self._with_join_syncs(out)
 
     def on_rpc(self, identity: bytes, rpc: Rpc, now: float) -> list[Unicast]:
         sender = self._control_sender(identity, rpc.device_id, now)
@@ -323,7 +416,7 @@ class Room:
         else:
             recipients = self._control_identities()
         self.counters.rpc_fanout += len(recipients)
-        return [(recipients, payload)] if recipients else []
+        return self._with_join_syncs([(recipients, payload)] if recipients else [])
 
     def on_global_var_set(
         self, identity: bytes, device_id: str, name: str, value: str, now: float
@@ -331,7 +424,7 @@ class Room:
         sender = self._control_sender(identity, device_id, now)
         if sender is not None:
             self.nv.buffer_global(name, value, sender.client_no, now)
-        return []
+        return self._with_join_syncs([])
 
     def on_client_var_set(
         self,
@@ -345,24 +438,26 @@ class Room:
         sender = self._control_sender(identity, device_id, now)
         if sender is not None:
             self.nv.buffer_client(target_client_no, name, value, sender.client_no, now)
-        return []
+        return self._with_join_syncs([])
 
     def on_client_var_clear(self, identity: bytes, device_id: str, now: float) -> list[Unicast]:
         sender = self._control_sender(identity, device_id, now)
         if sender is None:
             return []
-        return self._to_room([self.nv.clear_client(device_id, sender.client_no)])
+        return self._with_join_syncs(self._to_room([self.nv.clear_client(device_id, sender.client_no)]))
 
     def on_ownership_request(
         self, identity: bytes, device_id: str, operation: int, object_id: int, now: float
     ) -> list[Unicast]:
         sender = self._control_sender(identity, device_id, now)
-        if sender is None or object_id == 0:
+        if sender is None:
             return []
+        if object_id == 0:
+            return self._with_join_syncs([])
         to_room, to_sender = self.object_table.ownership_request(operation, object_id, sender.client_no)
         if to_sender is not None:
-            return [((identity,), to_sender)]
-        return self._to_room([to_room] if to_room is not None else [])
+            return self._with_join_syncs([((identity,), to_sender)])
+        return self._with_join_syncs(self._to_room([to_room] if to_room is not None else []))
 
     # ----------------------------------------------------------- transform
 
@@ -386,7 +481,7 @@ class Room:
         member.pose_body = body
         member.pose_time = now
         self.pose_dirty = True
-        return []
+        return self._with_join_syncs([])
 
     def on_object_pose(
         self, device_id: str, object_id: int, pose_seq: int, pose_bytes: bytes, now: float
@@ -437,6 +532,8 @@ class Room:
         if expire_devices:
             for device_id in self.numbering.expired(now, self.settings.device_id_expiry_time, self.members):
                 self._expire_device(device_id)
+            if self.nv.queued_since:
+                self.nv.expire_queued(now)
         if not self.members and self.empty_since is None:
             self.empty_since = now
         return out
@@ -507,7 +604,7 @@ class Room:
 
     def rest_set_client_vars(self, device_id: str, variables: dict[str, str], now: float) -> tuple[dict, list[Unicast]]:
         client_no = self.rest_client_number(device_id)
-        changed = self.nv.rest_set_client_vars(device_id, client_no, variables)
+        changed = self.nv.rest_set_client_vars(device_id, client_no, variables, now)
         state = "applied" if client_no is not None else "queued"
         result = {name: {"state": state} for name in variables}
         out: list[Unicast] = []

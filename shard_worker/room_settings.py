@@ -45,6 +45,10 @@ class RoomSettings:
     nv_monitor_window_size: float = _DEFAULTS.nv_monitor_window_size
     nv_monitor_threshold: int = _DEFAULTS.nv_monitor_threshold
     max_objects_per_room: int = _DEFAULTS.max_objects_per_room
+    max_clients_per_room: int = _DEFAULTS.max_clients_per_room
+    guard_device_takeover: bool = _DEFAULTS.guard_device_takeover
+    max_queued_devices_per_room: int = _DEFAULTS.max_queued_devices_per_room
+    queued_client_vars_expiry_time: float = _DEFAULTS.queued_client_vars_expiry_time
     server_version: tuple[int, int, int] = _DEFAULTS.server_version_tuple
 
     @classmethod
@@ -68,3 +72,7 @@ class RoomCounters:
     rpc_fanout: int = 0
     object_poses_refused: int = 0
     objects_refused: int = 0
+    # REST client variables for one more not-yet-joined device refused (limit),
+    # and such devices whose variables expired unclaimed.
+    queued_devices_refused: int = 0
+    queued_devices_expired: int = 0

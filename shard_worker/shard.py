@@ -8,6 +8,7 @@ counter and a rate-limited log line; it never raises into the worker loop.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import Counter, deque
@@ -59,6 +60,26 @@ HELD_TOTAL = 20_000
 HELD_RETRY_INTERVAL = 0.05
 
 
+# Rooms evicted from memory whose expiry falls due are deleted at most this
+# many per cleanup (each may cost a lease round trip in cluster mode).
+EVICTED_EXPIRY_BATCH = 256
+# Control-rate buckets kept at most (one per control connection that sent
+# recently); past it they all start afresh.
+CONTROL_BUCKETS_MAX = 100_000
+
+
+@dataclass(slots=True)
+class EvictedRoom:
+    """What a shard keeps of a room it dropped from memory: the clocks its
+    durable state does not hold (BEHAVIOR §1 room expiry, §2 device expiry,
+    queued client variables' expiry), so a stay out of memory never extends
+    a lifetime."""
+
+    empty_since: float
+    last_seen: dict[str, float]
+    queued_since: dict[str, float]
+
+
 @dataclass
 class HeldRoom:
     since: float
@@ -78,6 +99,9 @@ class ShardState:
         transform_min_rate_hz: float = 1.0,
         max_virtuals: int = 50,
         max_rooms: int = 10_000,
+        room_idle_evict: float = 60.0,
+        max_evicted_rooms: int = 100_000,
+        max_control_rate: float = 0.0,
         now: float | None = None,
     ) -> None:
         now = time.monotonic() if now is None else now
@@ -127,20 +151,40 @@ class ShardState:
         self._stats_dirty: set[str] = set()
         self._room_stats: dict[str, tuple[int, int, int, int]] = {}
         self._totals = [0, 0, 0, 0]  # members, stealth, devices, objects
+        # Bounded state (W13): empty rooms leave memory (see _evict_room).
+        # Evicted rooms' clocks, oldest eviction first, and a heap of
+        # (empty since, room id) for their expiry; stale heap entries are
+        # skipped. Empty rooms that may go at the cap, least recently used
+        # first (rebuilt by every cleanup). Rooms whose lease to give back
+        # once this turn's journal is written.
+        self.room_idle_evict = room_idle_evict
+        self.max_evicted = max_evicted_rooms
+        self.evicted: dict[str, EvictedRoom] = {}
+        self._evicted_expiry: list[tuple[float, str]] = []
+        self._evict_candidates: deque[tuple[str, float]] = deque()
+        self._to_release: list[str] = []
+        self.bounds: Counter[str] = Counter()
+        # Admission: control messages per connection per second (0 = off),
+        # one token bucket [tokens, last refill] per control identity.
+        self.max_control_rate = max_control_rate
+        self._control_buckets: dict[bytes, list[float]] = {}
 
     # --------------------------------------------------------------- rooms
 
     def _room(self, room_id: str, now: float, *, create: bool = True) -> Room | None:
         room = self.rooms.get(room_id)
         if room is not None:
+            room.last_touch = now
             self._stats_dirty.add(room_id)
             return room
-        if len(self.rooms) >= self.max_rooms:
-            raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms already")
+        if self.store is None and not create:
+            return None
         if self.owns is not None and not self.owns(room_id):
             # Sent by an ingress whose view is a moment behind ours: loading
             # it here would take the lease from its rightful owner.
             raise ProtocolError("not_owner", f"room {room_id!r} belongs to another shard in this view")
+        if len(self.rooms) >= self.max_rooms and not self._evict_for_space(now):
+            raise ProtocolError("room_limit", f"shard holds {len(self.rooms)} rooms with members or pending work")
         snapshot = None
         if self.store is not None:
             # Lease first, then load: the state read is the state no other
@@ -150,18 +194,168 @@ class ShardState:
             if snapshot is None and not create:
                 self.store.release([room_id])
                 return None
-        elif not create:
-            return None
         room = Room(room_id, self.settings, now)
         room.changes = self.changes
         room.counters = self.room_counters
+        evicted = self.evicted.pop(room_id, None)
         if snapshot is not None:
             room.restore(snapshot, now)
+            if evicted is not None:
+                room.restore_times(evicted.empty_since, evicted.last_seen, evicted.queued_since, now)
+                self.bounds["rooms_reloaded"] += 1
             if room.mapping_dirty:
                 self._timer_rooms.add(room_id)
         self.rooms[room_id] = room
         self._stats_dirty.add(room_id)
         return room
+
+    # ----------------------------------------------------- bounded state (W13)
+
+    def _store_usable(self) -> bool:
+        """A store that can take the room back now and hand it out again later."""
+        return self.store is not None and not self.store.health().degraded
+
+    def _evict_room(self, room_id: str, room: Room, now: float, reason: str) -> None:
+        """Drop an idle room from memory (``Room.idle``: no members, nothing pending).
+
+        With a store, its durable state stays there and reloads lazily on the
+        next touch (``_room``); the shard keeps only the clocks the store does
+        not hold (``EvictedRoom``), so the room still expires after
+        ``empty_room_expiry_time`` empty and its devices after
+        ``device_id_expiry_time`` unseen. Its lease is given back after this
+        turn's journal (``take_released``). Without a store there is nothing
+        to reload from: the room is deleted as if it had expired (only ever
+        at the cap, the alternative being a shard refusing every new room).
+        """
+        del self.rooms[room_id]
+        self._stats_dirty.add(room_id)
+        self._timer_rooms.discard(room_id)
+        if self.store is None:
+            self.changes.append(("room_delete", room_id))
+            self.bounds["rooms_dropped_at_cap"] += 1
+            self.events.warning(
+                "room_dropped_at_cap", "room %r dropped with its state: shard at max_rooms_per_shard "
+                "(%d) and no store to evict it to", room_id, self.max_rooms,
+            )
+            return
+        last_seen, queued_since = room.eviction_times()
+        empty_since = room.empty_since if room.empty_since is not None else now
+        self._index_evicted(room_id, EvictedRoom(empty_since, last_seen, queued_since))
+        self._to_release.append(room_id)
+        self.bounds[f"rooms_evicted_{reason}"] += 1
+        self.events.info("room_evicted", "room %r evicted from memory (%s); it reloads when used", room_id, reason)
+
+    def _index_evicted(self, room_id: str, entry: EvictedRoom) -> None:
+        evicted = self.evicted
+        evicted.pop(room_id, None)  # re-evicted: goes to the end
+        while len(evicted) >= self.max_evicted:
+            oldest = next(iter(evicted))
+            del evicted[oldest]
+            self.bounds["evicted_index_overflow"] += 1
+            self.events.warning(
+                "evicted_index_overflow", "%d evicted rooms tracked (max_evicted_rooms_per_shard): "
+                "room %r no longer counts down to expiry; its state stays stored until it is used again",
+                self.max_evicted, oldest,
+            )
+        evicted[room_id] = entry
+        heap = self._evicted_expiry
+        heapq.heappush(heap, (entry.empty_since, room_id))
+        if len(heap) > 2 * len(evicted) + 1024:
+            heap[:] = [(e.empty_since, r) for r, e in evicted.items()]
+            heapq.heapify(heap)
+
+    def _evict_for_space(self, now: float) -> bool:
+        """At the room cap: evict the least recently used idle room, if any."""
+        candidates = self._evict_candidates
+        if not candidates or (self.store is not None and not self._store_usable()):
+            return False  # nothing idle, or it could not be reloaded until the store is back
+        while candidates:
+            room_id, touched = candidates.popleft()
+            room = self.rooms.get(room_id)
+            if room is None or room.last_touch != touched or not room.idle():
+                continue  # gone, used since, or busy again
+            self._evict_room(room_id, room, now, "at_cap")
+            return True
+        return False
+
+    def _expire_evicted(self, now: float) -> None:
+        """Delete the durable state of evicted rooms empty for longer than the
+        expiry, as ``_cleanup`` does for the rooms in memory."""
+        heap, evicted = self._evicted_expiry, self.evicted
+        expiry = self.settings.empty_room_expiry_time
+        budget = EVICTED_EXPIRY_BATCH
+        while heap and budget and now - heap[0][0] > expiry:
+            empty_since, room_id = heap[0]
+            entry = evicted.get(room_id)
+            if entry is None or entry.empty_since != empty_since or room_id in self.rooms:
+                heapq.heappop(heap)  # reloaded, re-evicted or forgotten since
+                continue
+            if self.owns is not None and not self.owns(room_id):
+                # Another shard owns it in this view: its business now (a
+                # limitation: that shard does not know how long it was empty).
+                heapq.heappop(heap)
+                del evicted[room_id]
+                continue
+            if self.store is not None:
+                try:
+                    self.store.acquire(room_id)
+                except LeaseBusy:
+                    heapq.heappop(heap)
+                    del evicted[room_id]  # served elsewhere: not empty for us to judge
+                    continue
+                except StoreUnavailable:
+                    return  # next cleanup
+            heapq.heappop(heap)
+            del evicted[room_id]
+            budget -= 1
+            self.changes.append(("room_delete", room_id))
+            self._to_release.append(room_id)
+            self.rooms_expired += 1
+            self.bounds["evicted_rooms_expired"] += 1
+            self.events.info("room_expired", "room %r expired after being empty (out of memory)", room_id)
+
+    def take_released(self) -> list[str]:
+        """Rooms evicted or deleted this turn whose lease the worker gives back
+        once the turn's journal is written (none reloaded since)."""
+        if not self._to_release:
+            return []
+        rooms = [r for r in dict.fromkeys(self._to_release) if r not in self.rooms]
+        self._to_release.clear()
+        return rooms
+
+    def release_later(self, room_ids: list[str]) -> None:
+        """The store could not take the leases back this turn; try again next turn."""
+        self._to_release.extend(room_ids)
+
+    # ---------------------------------------------------- admission control
+
+    def _control_allowed(self, identity: bytes, now: float) -> bool:
+        """Token bucket per control connection: ``max_control_rate`` per second,
+        a burst of one second's worth (at least one message)."""
+        rate = self.max_control_rate
+        capacity = max(rate, 1.0)
+        buckets = self._control_buckets
+        bucket = buckets.get(identity)
+        if bucket is None:
+            if len(buckets) >= CONTROL_BUCKETS_MAX:
+                buckets.clear()
+            buckets[identity] = [capacity - 1.0, now]
+            return True
+        tokens = min(capacity, bucket[0] + (now - bucket[1]) * rate)
+        bucket[1] = now
+        if tokens >= 1.0 - 1e-9:  # 0.2 s x 5/s is one token, whatever the floats say
+            bucket[0] = max(0.0, tokens - 1.0)
+            return True
+        bucket[0] = tokens
+        return False
+
+    def _sweep_control_buckets(self, now: float) -> None:
+        """Forget buckets that have refilled: they hold nothing a new one would not."""
+        rate = self.max_control_rate
+        capacity = max(rate, 1.0)
+        full = [i for i, (tokens, at) in self._control_buckets.items() if tokens + (now - at) * rate >= capacity]
+        for identity in full:
+            del self._control_buckets[identity]
 
     # --------------------------------------------------------------- input
 
@@ -208,9 +402,10 @@ class ShardState:
                 raise ProtocolError("empty_device_id", "client pose without device id")
             self.messages_in["client_pose"] += 1
             room = self._room(room_id, now)
-            room.on_client_pose(identity, device_id, flags, body, now)
+            out = room.on_client_pose(identity, device_id, flags, body, now)
             self._timer_rooms.add(room_id)
-            return []
+            # Only a new member's queued client variables (announced to the room).
+            return self._tag(room, out) if out else []
         if msg_type == _OBJECT_POSE:
             device_id, object_id, pose_seq, pose_bytes = split_object_pose(payload)
             if not device_id:
@@ -228,6 +423,8 @@ class ShardState:
     def _handle_control(
         self, identity: bytes, room_id: str, payload: bytes, now: float
     ) -> list[UnicastOut]:
+        if self.max_control_rate and not self._control_allowed(identity, now):
+            raise ProtocolError("control_rate_limited", f"connection over {self.max_control_rate:g} control messages/s")
         msg = decode_client_payload(Lane.CONTROL, payload)
         room = self._room(room_id, now)
         if isinstance(msg, ClientHello):
@@ -376,6 +573,8 @@ class ShardState:
 
     def _cleanup(self, now: float, expire_devices: bool) -> list[UnicastOut]:
         out: list[UnicastOut] = []
+        idle_evict = self.room_idle_evict if self._store_usable() else 0.0
+        candidates: list[tuple[float, str]] = []
         for room_id, room in list(self.rooms.items()):
             before = (len(room.members), len(room.devices))
             out.extend(self._tag(room, room.sweep(now, expire_devices=expire_devices)))
@@ -390,6 +589,18 @@ class ShardState:
                 self.changes.append(("room_delete", room_id))
                 self.rooms_expired += 1
                 self.events.info("room_expired", "room %r expired after being empty", room_id)
+            elif room.idle():
+                quiet_since = max(room.last_touch, room.empty_since if room.empty_since is not None else now)
+                if idle_evict and now - quiet_since >= idle_evict:
+                    self._evict_room(room_id, room, now, "idle")
+                else:
+                    candidates.append((room.last_touch, room_id))
+        candidates.sort()
+        self._evict_candidates = deque((room_id, touched) for touched, room_id in candidates)
+        if self.evicted:
+            self._expire_evicted(now)
+        if self._control_buckets:
+            self._sweep_control_buckets(now)
         return out
 
     def _broadcast_tick(self, now: float, ctrl_backlog: int) -> list[BroadcastOut]:
@@ -488,8 +699,11 @@ class ShardState:
                 body, out = room.rest_set_globals(request["variables"])
                 return ok({"roomId": room_id, **body}), self._tag(room, out)
             if op == "globals_get":
-                # Any REST global-variable call names the room into existence (§1).
-                room = self._room(room_id, now)
+                # Unlike the reference (BEHAVIOR §1), reading never creates a
+                # room: an unknown room has no variables (W13).
+                room = self._room(room_id, now, create=False)
+                if room is None:
+                    return ok({"variables": {}}), []
                 return ok(room.rest_get_globals()), []
         except NvLimitError as exc:
             return refused(Outcome.LIMIT_EXCEEDED, str(exc)), []
@@ -564,6 +778,8 @@ class ShardState:
             "messages_in": dict(self.messages_in),
             "skipped_ticks": self.skipped_ticks,
             "rooms_expired": self.rooms_expired,
+            "evicted_rooms": len(self.evicted),
+            "bounds": dict(self.bounds),
             "nv_sync_latency": self.nv_latency.to_dict(),
             "handover_wait": self.handover_wait.to_dict(),
             "handovers": dict(self.handovers),

@@ -84,6 +84,9 @@ class ShardWorker:
             transform_min_rate_hz=config.transform_min_rate_hz,
             max_virtuals=config.max_virtual_transforms,
             max_rooms=config.max_rooms_per_shard,
+            room_idle_evict=config.room_idle_evict_seconds,
+            max_evicted_rooms=config.max_evicted_rooms_per_shard,
+            max_control_rate=config.max_control_rate_per_client,
             now=now,
         )
         if config.store:
@@ -222,6 +225,7 @@ class ShardWorker:
         for topic, payload, fanout in broadcasts:
             self.pending.put(topic, payload, fanout)
         self._journal()
+        self._release_evicted()
         self._send_control(drain_budget)
         self._send_broadcasts(now)
         if self._reset_lanes or self._read_marks != self._reported_marks:
@@ -344,6 +348,19 @@ class ShardWorker:
             self.counters["journal_records"] += len(changes)
             if refused:
                 self.state.forget_rooms(refused)
+
+    def _release_evicted(self) -> None:
+        """Give back the leases of rooms evicted or deleted this turn, now that
+        their last records are journalled (a no-op for SQLite)."""
+        released = self.state.take_released()
+        if not released or self.store is None:
+            return
+        if self.store.health().degraded:
+            # Their last records wait in the store's buffer, which writes only
+            # rooms whose lease this shard still holds: let go after the flush.
+            self.state.release_later(released)
+            return
+        self.store.release(released)
 
     def _member_stamp(self, identity: bytes | None) -> tuple[str, int]:
         """(node id, node epoch) of the node whose ingress holds a control identity."""

@@ -90,6 +90,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(g, "max_message_bytes", "BYTES", "largest frame a client may send; bigger ones disconnect it (default 262144)")
     _flag(g, "server_name", "NAME", "name in discovery")
     _flag(g, "server_version", "X.Y.Z", "release announced to clients (0.0.x disables Unity's check)")
+    _flag(g, "room_idle_evict_seconds", "S", "evict empty, idle rooms from memory after S s (0 = only at the room cap)")
+    _flag(g, "max_clients_per_room", "N", "members per room (0 = unlimited)")
+    _flag(g, "max_control_rate_per_client", "N", "control messages per second per connection (0 = off)")
+    g.add_argument(
+        "--guard-device-takeover", dest="guard_device_takeover", action="store_const", const=True,
+        default=None, help="refuse a second connection for a device whose first one is live (W14)",
+    )
     _flag(
         g,
         "transform_budget_bytes_per_sec",

@@ -619,3 +619,23 @@ def test_config_file_argument_beats_the_env_variable(tmp_path: Path) -> None:
     arg_file = _toml(tmp_path, "pub_port = 6003\n", name="arg.toml")
     assert resolve_config(None, {"RELAY_CONFIG": env_file}, arg_file).pub_port == 6003
     assert resolve_config(None, {"RELAY_CONFIG": env_file}).pub_port == 6000
+
+
+def test_bounds_and_admission_keys_default_off_or_generous_and_are_validated() -> None:
+    c = _resolve()
+    assert (c.room_idle_evict_seconds, c.max_evicted_rooms_per_shard) == (60.0, 100_000)
+    assert (c.max_queued_devices_per_room, c.queued_client_vars_expiry_time) == (1_000, 86400.0)
+    assert (c.max_clients_per_room, c.max_control_rate_per_client, c.guard_device_takeover) == (0, 0.0, False)
+    errors = _errors({
+        "room_idle_evict_seconds": -1.0, "max_control_rate_per_client": float("nan"),
+        "max_clients_per_room": 70_000, "max_queued_devices_per_room": 0,
+        "queued_client_vars_expiry_time": 0.0, "max_evicted_rooms_per_shard": -5,
+    })
+    assert len(errors) == 6, errors
+    on = _resolve(
+        "--room-idle-evict-seconds", "0", "--max-clients-per-room", "8",
+        "--max-control-rate-per-client", "50", "--guard-device-takeover",
+        env={"RELAY_MAX_QUEUED_DEVICES_PER_ROOM": "10"},
+    )  # fmt: skip
+    assert (on.room_idle_evict_seconds, on.max_clients_per_room) == (0.0, 8)
+    assert (on.max_control_rate_per_client, on.guard_device_takeover, on.max_queued_devices_per_room) == (50.0, True, 10)

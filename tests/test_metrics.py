@@ -344,3 +344,33 @@ def test_collector_reads_status_files(tmp_path: Any) -> None:
         assert page.total("relay_drops_total", child="shard-1", reason="bad_payload") == 1
     finally:
         collector.close()
+
+
+def test_bounds_events_and_evicted_rooms_are_exported_and_survive_a_restart(tmp_path: Any) -> None:
+    run_dir = str(tmp_path)
+    children = {"shard-0": {"pid": 10, "alive": True, "uptime_s": 1.0, "restarts": 0}}
+    _write(os.path.join(run_dir, "supervisor.json"), {"shards": 1, "started_at": 1.0, "children": children})
+    _write(os.path.join(run_dir, "status-shard-0.json"), {
+        "pid": 10, "rooms": 2, "evicted_rooms": 40,
+        "bounds": {"rooms_evicted_idle": 30, "rooms_evicted_at_cap": 12, "rooms_reloaded": 2},
+        "room_counters": {"queued_devices_refused": 1, "queued_devices_expired": 4},
+        "drops": {"room_full": 3, "control_rate_limited": 5, "device_takeover_refused": 1},
+    })
+    collector = NodeCollector(run_dir, proxy_timeout_ms=50)
+    try:
+        page = _collect(collector)
+        assert page.total("relay_evicted_rooms", shard="0") == 40
+        assert page.total("relay_bounds_events_total", shard="0", event="rooms_evicted_idle") == 30
+        assert page.total("relay_bounds_events_total", event="rooms_evicted_at_cap") == 12
+        assert page.total("relay_bounds_events_total", event="rooms_reloaded") == 2
+        assert page.total("relay_room_events_total", event="queued_devices_expired") == 4
+        assert page.total("relay_drops_total", child="shard-0", reason="control_rate_limited") == 5
+        # A restarted shard counts from zero: the node's counter keeps growing.
+        _write(os.path.join(run_dir, "status-shard-0.json"), {
+            "pid": 20, "evicted_rooms": 0, "bounds": {"rooms_evicted_idle": 1},
+        })
+        page = _collect(collector)
+        assert page.total("relay_bounds_events_total", event="rooms_evicted_idle") == 31
+        assert page.total("relay_evicted_rooms", shard="0") == 0
+    finally:
+        collector.close()

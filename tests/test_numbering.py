@@ -115,3 +115,34 @@ def test_restore_keeps_order_and_never_moves_the_counter_back() -> None:
     assert changes == [("device", ROOM, "C", 5, 6)]  # a reload itself journals nothing
     n.restore({}, next_client_no=2, now=60.0)
     assert n.next_client_no == 6
+
+
+def test_after_65535_real_assignments_expired_numbers_are_reused_in_assignment_order() -> None:
+    """BEHAVIOR §2 "reuse": exhaustion recycles, first in assignment order (W13)."""
+    n, changes = numbering()
+    for i in range(MAX_CLIENT_NO):
+        assert n.assign(f"d{i + 1}", 0.0) == i + 1
+    assert n.next_client_no == MAX_CLIENT_NO + 1
+    # d40 and d9 expired while the counter lasted; d9 was given first.
+    n.expire("d40")
+    n.expire("d9")
+    assert n.assign("x", 1.0) == 9
+    assert n.assign("full", 1.0) == 40
+    assert n.assign("none", 1.0) is None  # nothing else is free: cannot join
+    n.expire("x")
+    assert n.assign("y", 2.0) == 9
+    # "full" (given 40) was assigned before y (given 9 again): once both
+    # expire, 40 is the first in assignment order although 9 is lower ...
+    n.expire("y")
+    n.expire("full")
+    n.expire("d3")  # ... and d3's number, given by the counter, comes before both.
+    assert [n.assign(d, 3.0) for d in ("p", "q", "r", "s")] == [3, 40, 9, None]
+    assert changes[-1] == ("device", ROOM, "r", 9, MAX_CLIENT_NO + 1)
+
+
+def test_reuse_after_a_reload_takes_numbers_freed_before_it_first() -> None:
+    n, _ = numbering()
+    devices = {f"d{no}": no for no in range(1, MAX_CLIENT_NO + 1) if no not in (5, 7)}
+    n.restore(devices, next_client_no=MAX_CLIENT_NO + 1, now=0.0)
+    n.expire("d2")
+    assert [n.assign(d, 1.0) for d in ("a", "b", "c", "d")] == [5, 7, 2, None]

@@ -663,9 +663,11 @@ def test_rest_reads_of_unknown_rooms_create_nothing() -> None:
     assert get == ({"outcome": "ok", "body": {"clientNo": None, "variables": {}}}, [])
     assert delete == ({"outcome": "ok", "body": {"clientNo": None, "deletedCount": 0}}, [])
     assert state.rooms == {}
-    # A global-variable call names the room into existence (BEHAVIOR §1 "creation").
-    state.admin({"op": "globals_get", "room": "ghost"}, 0.0)
-    assert list(state.rooms) == ["ghost"]
+    # Unlike the reference (BEHAVIOR §1 "creation"), a global-variable read
+    # names nothing into existence either (W13): 200, no variables.
+    globals_ = state.admin({"op": "globals_get", "room": "ghost"}, 0.0)
+    assert globals_ == ({"outcome": "ok", "body": {"variables": {}}}, [])
+    assert state.rooms == {} and state.drain_changes() == []
 
 
 def test_admin_rejects_unknown_ops_and_missing_room() -> None:

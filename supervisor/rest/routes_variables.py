@@ -32,6 +32,14 @@ __all__ = ["CLIENT_VARS_PATH", "GLOBAL_VARS_PATH", "add_variable_routes"]
 CLIENT_VARS_PATH = "/v1/rooms/{room_id}/devices/{device_id}/client-variables"
 GLOBAL_VARS_PATH = "/v1/rooms/{room_id}/global-variables"
 
+# The reference creates a room on any global-variable call (BEHAVIOR §1); a
+# flood of reads for random room ids must not fill a shard (W13).
+NO_CREATE = (
+    "Reading never creates a room. A room that does not exist answers like an empty one: "
+    "200 with no variables (a single variable: 404), as the reference answers; unlike the "
+    "reference, the room is not created by the call."
+)
+
 
 def add_variable_routes(app: FastAPI, calls: RoomCalls) -> None:
     client_vars = CLIENT_VARS_PATH
@@ -56,7 +64,13 @@ def add_variable_routes(app: FastAPI, calls: RoomCalls) -> None:
             },
         )
 
-    @app.get(client_vars, response_model=ClientVarsReply, responses=error_responses(503))
+    @app.get(
+        client_vars,
+        response_model=ClientVarsReply,
+        responses=error_responses(503),
+        summary="Client variables of a device (never creates the room)",
+        description=NO_CREATE,
+    )
     async def get_client_vars(room_id: str, device_id: str) -> dict[str, Any]:
         check_path_text(room_id=room_id, device_id=device_id)
         reply = await calls.room(
@@ -65,7 +79,11 @@ def add_variable_routes(app: FastAPI, calls: RoomCalls) -> None:
         return {"clientNo": reply.get("clientNo"), "variables": reply.get("variables", {})}
 
     @app.get(
-        client_vars + "/{name}", response_model=ClientVarReply, responses=error_responses(404, 503)
+        client_vars + "/{name}",
+        response_model=ClientVarReply,
+        responses=error_responses(404, 503),
+        summary="One client variable of a device (never creates the room)",
+        description=NO_CREATE,
     )
     async def get_client_var(
         room_id: str, device_id: str, name: Annotated[VarName, PathParam()]
@@ -118,14 +136,24 @@ def add_variable_routes(app: FastAPI, calls: RoomCalls) -> None:
         )
         return {"roomId": reply.get("roomId", room_id), "result": reply.get("result", {})}
 
-    @app.get(global_vars, response_model=GlobalVarsReply, responses=error_responses(503))
+    @app.get(
+        global_vars,
+        response_model=GlobalVarsReply,
+        responses=error_responses(503),
+        summary="Global variables of a room (never creates the room)",
+        description=NO_CREATE,
+    )
     async def get_globals(room_id: str) -> dict[str, Any]:
         check_path_text(room_id=room_id)
         reply = await calls.room(room_id, {"op": "globals_get", "room": room_id})
         return {"variables": reply.get("variables", {})}
 
     @app.get(
-        global_vars + "/{name}", response_model=GlobalVarReply, responses=error_responses(404, 503)
+        global_vars + "/{name}",
+        response_model=GlobalVarReply,
+        responses=error_responses(404, 503),
+        summary="One global variable of a room (never creates the room)",
+        description=NO_CREATE,
     )
     async def get_global(room_id: str, name: Annotated[VarName, PathParam()]) -> dict[str, Any]:
         check_path_text(room_id=room_id)
