@@ -7,6 +7,9 @@ topology differs:
 
 * ``1 node``: clients connect straight to one node (1 shard);
 * ``1 node + LB``: the same node behind HAProxy (the balancer's own hop);
+* ``1 node x3 + LB``: one node with 3 shards behind HAProxy: as many shards
+  (and room owners) as the cluster below, without any node link, so the
+  difference to the next line is the node links alone;
 * ``3 nodes + LB``: three nodes on 127.0.0.2-.4 behind HAProxy, each port
   balanced on its own, so most messages cross a node link (forwarded to the
   room's owner, unicasts back to the client's node, broadcasts through the
@@ -53,10 +56,15 @@ def _cpu(pids: list[int]) -> float:
     return total
 
 
+SETUPS = ("1 node", "1 node + LB", "1 node x3 + LB", "3 nodes + LB")
+
+
 def _measure(setup: str, valkey: ValkeyServer, duration: float) -> dict:
     count = 3 if setup == "3 nodes + LB" else 1
+    shards = 3 if setup == "1 node x3 + LB" else 1
     nodes = [
-        RelayNode(shards=1, store=valkey.fresh_db_url(), node_id=f"b{i + 1}", host=HOSTS[i] if count > 1 else "127.0.0.1")
+        RelayNode(shards=shards, store=valkey.fresh_db_url(), node_id=f"b{i + 1}",
+                  host=HOSTS[i] if count > 1 else "127.0.0.1")
         for i in range(count)
     ]
     if count > 1:
@@ -125,11 +133,11 @@ def main(runs: int = 3, duration: float = 10.0) -> list[dict]:
     rows: list[dict] = []
     try:
         for run in range(runs):
-            for setup in ("1 node", "1 node + LB", "3 nodes + LB"):
+            for setup in SETUPS:
                 row = _measure(setup, valkey, duration)
                 row["run"] = run + 1
                 rows.append(row)
-                print(f"run {run + 1} {setup:13s} RPC p50 {row['rpc_p50']:.2f} p99 {row['rpc_p99']:.2f} ms "
+                print(f"run {run + 1} {setup:15s} RPC p50 {row['rpc_p50']:.2f} p99 {row['rpc_p99']:.2f} ms "
                       f"(loss {row['rpc_loss_pct']:.2f} %)  NV p50 {row['nv_p50']:.2f} p99 {row['nv_p99']:.2f} ms  "
                       f"poses {row['room_pose_ratio']:.3f}  CPU {row['cpu_ms_per_1k']:.1f} ms/1k msgs "
                       f"({row['cpu_above_idle_ms_per_1k']:.1f} above idle; idle {row['idle_cores']:.3f} cores)  "
@@ -140,7 +148,7 @@ def main(runs: int = 3, duration: float = 10.0) -> list[dict]:
              "| above idle | idle cores | room poses |",
              "|---|---|---|---|---|---|---|---|---|"]
     med: dict[str, dict[str, float]] = {}
-    for setup in ("1 node", "1 node + LB", "3 nodes + LB"):
+    for setup in SETUPS:
         sel = [r for r in rows if r["setup"] == setup]
 
         def cell(key: str, fmt: str = "{:.2f}", sel: list = sel, setup: str = setup) -> str:
@@ -152,9 +160,12 @@ def main(runs: int = 3, duration: float = 10.0) -> list[dict]:
         lines.append(f"| {setup} | {cell('rpc_p50')} | {cell('rpc_p99')} | {cell('nv_p50')} | {cell('nv_p99')} | "
                      f"{cell('cpu_ms_per_1k', '{:.1f}')} | {cell('cpu_above_idle_ms_per_1k', '{:.1f}')} | "
                      f"{cell('idle_cores', '{:.3f}')} | {cell('room_pose_ratio', '{:.3f}')} |")
-    one, lb, three = med["1 node"], med["1 node + LB"], med["3 nodes + LB"]
+    one, lb, wide, three = med["1 node"], med["1 node + LB"], med["1 node x3 + LB"], med["3 nodes + LB"]
     lines += [
         "",
+        f"Node links alone (3 nodes + LB vs 1 node x3 + LB): RPC p50 {three['rpc_p50'] - wide['rpc_p50']:+.2f} ms, "
+        f"NV p50 {three['nv_p50'] - wide['nv_p50']:+.2f} ms, CPU per message "
+        f"x{three['cpu_above_idle_ms_per_1k'] / wide['cpu_above_idle_ms_per_1k']:.2f} above idle.",
         f"Cross-node hop (3 nodes + LB vs 1 node + LB): RPC p50 {three['rpc_p50'] - lb['rpc_p50']:+.2f} ms, "
         f"NV p50 {three['nv_p50'] - lb['nv_p50']:+.2f} ms, CPU per message x{three['cpu_ms_per_1k'] / lb['cpu_ms_per_1k']:.2f} "
         f"(above idle x{three['cpu_above_idle_ms_per_1k'] / lb['cpu_above_idle_ms_per_1k']:.2f}).",
