@@ -106,10 +106,6 @@ class Membership:
         self.ttl_ms = max(100, int(ttl * 1000))
         self._refresh = r.register_script(_REFRESH)
 
-    def server_time_ms(self) -> int:
-        seconds, micros = self.r.time()
-        return int(seconds) * 1000 + int(micros) // 1000
-
     def refresh(self, *, leaving: bool = False) -> ClusterView:
         """Register (or deregister) and return the current view.
 

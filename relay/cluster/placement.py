@@ -23,7 +23,7 @@ import math
 from relay.cluster.view import ClusterView
 from relay.hashing import shard_for_room
 
-__all__ = ["PlacementCache", "owner_of"]
+__all__ = ["LocalRouter", "owner_of"]
 
 _TWO_64 = float(2**64)
 
@@ -50,33 +50,6 @@ def owner_of(room_id: bytes, view: ClusterView) -> tuple[str, int]:
     if best is None:
         raise ValueError("placement needs a view with at least one node")
     return best.node_id, shard_for_room(room_id, best.shards)
-
-
-class PlacementCache:
-    """Caches placements for one view; a new view starts a new cache.
-
-    The ingress pays one dict lookup per message; a flood of distinct room
-    ids cannot grow the cache past ``max_entries``.
-    """
-
-    __slots__ = ("_cache", "_max_entries", "view")
-
-    def __init__(self, view: ClusterView, max_entries: int = 100_000) -> None:
-        self.view = view
-        self._cache: dict[bytes, tuple[str, int]] = {}
-        self._max_entries = max_entries
-
-    def owner(self, room_id: bytes) -> tuple[str, int]:
-        hit = self._cache.get(room_id)
-        if hit is None:
-            hit = owner_of(room_id, self.view)
-            if len(self._cache) >= self._max_entries:
-                self._cache.clear()
-            self._cache[room_id] = hit
-        return hit
-
-    def __len__(self) -> int:
-        return len(self._cache)
 
 
 class LocalRouter:

@@ -49,9 +49,6 @@ class ClusterView:
                 return info
         return None
 
-    def epochs(self) -> dict[str, int]:
-        return {n.node_id: n.epoch for n in self.nodes}
-
     def by_number(self, number: int) -> NodeInfo | None:
         for info in self.nodes:
             if info.number == number:

@@ -27,10 +27,5 @@ __all__ = [
     "StoreError",
     "StoreHealth",
     "StoreUnavailable",
-    "is_shared_store",
 ]
 
-
-def is_shared_store(url: str) -> bool:
-    """True for a Valkey/Redis URL: the cluster-mode store."""
-    return url.split("://", 1)[0] in ("redis", "rediss", "valkey", "valkeys", "unix")
