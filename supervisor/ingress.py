@@ -53,6 +53,7 @@ log = logging.getLogger("relay.ingress")
 BATCH = 1000
 TRANSFORM_BATCH_WHEN_CONTROL_BUSY = 100
 MAX_ROOM_BYTES = 255
+MAX_IDENTITY_BYTES = 255 - TAG_SIZE
 # Messages per ingress->shard batch: bounds how much transform work a shard
 # takes in one read, so control waiting in its own pipe is read soon after.
 MAX_BATCH = 128
@@ -271,8 +272,10 @@ class Ingress:
                 if len(room) > MAX_ROOM_BYTES:
                     self._drop("room_too_long", f"room id of {len(room)} bytes")
                     continue
-                if len(identity) > 255:
-                    self._drop("internal_frame", "routing id over 255 bytes")
+                if len(identity) > MAX_IDENTITY_BYTES:
+                    # A peer may choose its own routing id; the record keeps
+                    # its length in one byte, with the node tag in front.
+                    self._drop("internal_frame", f"routing id over {MAX_IDENTITY_BYTES} bytes")
                     continue
                 shard = route(room)
                 if shard < 0:

@@ -15,6 +15,7 @@ from relay.hashing import shard_for_room
 from relay.protocol import encode
 from relay.protocol.messages import (
     FLAG_HEAD_VALID,
+    ClientHello,
     ClientPose,
     DeviceIdMapping,
     GlobalVarSync,
@@ -285,3 +286,31 @@ def test_join_storm_of_300_clients_all_numbered(node: RelayNode) -> None:
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_peer_chosen_routing_id_too_long_to_tag_is_dropped_not_fatal(node: RelayNode) -> None:
+    """ZeroMQ lets a peer pick its routing id (up to 255 bytes); the ingress
+    prefixes its node tag, so ids over 253 bytes are refused and counted."""
+    import zmq
+
+    def ingress_restarts() -> int:
+        return (node.supervisor_state() or {})["children"]["ingress"]["restarts"]
+
+    restarts = ingress_restarts()
+    ctx = zmq.Context.instance()
+    odd = ctx.socket(zmq.DEALER)
+    odd.setsockopt(zmq.LINGER, 0)
+    odd.setsockopt(zmq.ROUTING_ID, b"x" * 254)
+    odd.connect(node.endpoint(node.control_port))
+    try:
+        odd.send_multipart([b"long-id-room", encode(ClientHello(8, 0, "long-id"))])
+        assert not odd.poll(1000), "a hello from an untaggable routing id was answered"
+    finally:
+        odd.close()
+    normal = RawClient(node, "long-id-room", "normal-id", subscribe=False)
+    try:
+        assert normal.join() == 1  # the room never saw the odd peer
+    finally:
+        normal.close()
+    time.sleep(1.2)  # the supervisor's state file is rewritten every 0.5 s
+    assert ingress_restarts() == restarts, "the ingress died on the long routing id"
