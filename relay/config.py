@@ -207,7 +207,8 @@ class RelayConfig:
     store: str = ""
     # Unique among the live nodes of a cluster; "" = this host's name.
     node_id: str = ""
-    # Address other nodes reach this node's internal endpoints on.
+    # Address other nodes reach this node's internal endpoints on; "auto" =
+    # the address this host's name resolves to (a container's IP in compose).
     advertise_host: str = "127.0.0.1"
     # A room's lease outlives a dead owner by at most this; renewed every ttl/3.
     lease_ttl: float = 4.0
