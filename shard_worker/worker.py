@@ -415,8 +415,12 @@ class ShardWorker:
         sent = 0
         while sent < budget and len(control):
             frames = control.peek()
-            node = HEADER.unpack_from(frames[0])[1]
-            sock = local if node == number else (links.egress_for(node) if links is not None else None)
+            if links is None:
+                # One node: every frame is for this node's egress (no header read).
+                sock, node = local, number
+            else:
+                node = HEADER.unpack_from(frames[0])[1]
+                sock = local if node == number else links.egress_for(node)
             if sock is None:
                 control.pop()
                 self.state.drops.drop("unicast_no_route", f"no egress for node number {node}")
