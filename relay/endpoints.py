@@ -17,14 +17,22 @@ class NodeEndpoints:
     def _ipc(self, name: str) -> str:
         return "ipc://" + os.path.join(self.run_dir, name)
 
-    def shard_inbox(self, shard: int, lane: int) -> str:
+    @staticmethod
+    def _shard(shard: int, incarnation: int) -> str:
+        # A replacement worker (rolling restart) runs beside the one it
+        # replaces, so each incarnation of a slot has endpoints of its own:
+        # libzmq unlinks an ipc path when its listener closes, which would
+        # take the path from under a successor bound to the same name.
+        return f"shard-{shard}" if incarnation == 0 else f"shard-{shard}.{incarnation}"
+
+    def shard_inbox(self, shard: int, lane: int, incarnation: int = 0) -> str:
         """Ingress PUSH -> shard PULL, one pipe per lane so that a shard can
         read control before transform even when transforms queue up."""
-        return self._ipc(f"shard-{shard}-in{lane}.sock")
+        return self._ipc(f"{self._shard(shard, incarnation)}-in{lane}.sock")
 
-    def shard_admin(self, shard: int) -> str:
+    def shard_admin(self, shard: int, incarnation: int = 0) -> str:
         """REST bridge DEALER -> shard ROUTER (request/reply on room state)."""
-        return self._ipc(f"shard-{shard}-admin.sock")
+        return self._ipc(f"{self._shard(shard, incarnation)}-admin.sock")
 
     @property
     def egress(self) -> str:

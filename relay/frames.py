@@ -80,6 +80,28 @@ def parse_credit(frame: bytes) -> tuple[int, int, int, int, int] | None:
     return lane, shard, epoch, messages, nbytes
 
 
+# ingress -> shard on the control inlet, one frame: MARKER_TAG, then the
+# routing the ingress uses from this frame on (cluster view and this node's
+# slot layout, relay/cluster/view.py ``encode_layout``). Every batch the
+# ingress routed by the previous layout was pushed before it, so a shard that
+# reads the marker has read them all: only then does it hand over the rooms
+# that moved (or, if its slot is gone or has a new incarnation, all of them),
+# and the new owner, which waits for the lease, sees every client's messages
+# in the order they were sent. A batch header starts with its lane (0 or 1).
+MARKER_TAG = 0xFE
+
+
+def routing_marker(layout: bytes) -> bytes:
+    return bytes((MARKER_TAG,)) + layout
+
+
+def parse_marker(frame: bytes) -> bytes | None:
+    """The layout a routing marker carries, or None for any other frame."""
+    if frame[:1] != b"\xfe":
+        return None
+    return frame[1:]
+
+
 class BatchError(ValueError):
     """A batch frame that does not parse: a bug or a foreign peer, never a client."""
 

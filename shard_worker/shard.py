@@ -57,7 +57,9 @@ _OBJECT_POSE = int(MsgType.OBJECT_POSE)
 # released or expires; then they are handled in arrival order.
 HELD_PER_ROOM = 2_000
 HELD_TOTAL = 20_000
-HELD_RETRY_INTERVAL = 0.05
+# The previous owner releases a room within milliseconds of reading its
+# routing marker; the wait for it is the room's hand-over pause.
+HELD_RETRY_INTERVAL = 0.01
 
 
 # Rooms evicted from memory whose expiry falls due are deleted at most this

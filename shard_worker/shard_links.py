@@ -16,6 +16,7 @@ nodes that left are closed, new nodes are connected.
 
 from __future__ import annotations
 
+import errno
 from collections import Counter
 
 import zmq
@@ -36,16 +37,19 @@ class ShardLinks:
         self.node_id = node_id
         self.guard = LinkGuard(ctx, load_cluster_keys(key_file))
         self.inlets: dict[int, zmq.Socket] = {}
+        # Sockets whose port is still held by the worker this one replaces
+        # (rolling restart: both run for a moment); bound once it has gone.
+        self.unbound: list[tuple[zmq.Socket, str]] = []
         for lane in (Lane.CONTROL, Lane.TRANSFORM):
             sock = ctx.socket(zmq.PULL)
             self.guard.serve(sock)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(my_endpoints[inlet_key(shard, lane)])
+            self._bind(sock, my_endpoints[inlet_key(shard, lane)])
             self.inlets[lane] = sock
         self.admin = ctx.socket(zmq.ROUTER)
         self.guard.serve(self.admin)
         self.admin.setsockopt(zmq.LINGER, 0)
-        self.admin.bind(my_endpoints[admin_key(shard)])
+        self._bind(self.admin, my_endpoints[admin_key(shard)])
         self.pub = ctx.socket(zmq.PUB)
         self.guard.join(self.pub)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -55,6 +59,23 @@ class ShardLinks:
         self._egress_endpoints: dict[int, str] = {}
         self.remote_nodes = 0
         self.counts: Counter[str] = Counter()
+
+    def _bind(self, sock: zmq.Socket, endpoint: str) -> None:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            self.unbound.append((sock, endpoint))
+
+    def bind_pending(self) -> None:
+        """Retry the binds a predecessor's ports refused (cheap: called per upkeep)."""
+        waiting = self.unbound
+        self.unbound = []
+        for sock, endpoint in waiting:
+            self._bind(sock, endpoint)
+        if waiting and not self.unbound:
+            self.counts["late_binds"] += 1
 
     def follow(self, view: ClusterView) -> None:
         others = [n for n in view.nodes if n.node_id != self.node_id]

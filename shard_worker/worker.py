@@ -21,6 +21,7 @@ import zmq
 
 from relay.admin import Outcome, refused
 from relay.cluster.placement import owner_of
+from relay.cluster.view import decode_layout
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, cluster_endpoints
@@ -33,6 +34,7 @@ from relay.frames import (
     credit_frame,
     iter_batch,
     node_tag,
+    parse_marker,
     tag_of,
     unicast_frames,
 )
@@ -57,9 +59,15 @@ STATUS_INTERVAL = 1.0
 
 
 class ShardWorker:
-    def __init__(self, config: RelayConfig, shard_index: int, run_dir: str, heartbeat: Any = None) -> None:
+    def __init__(self, config: RelayConfig, shard_index: int, run_dir: str, heartbeat: Any = None,
+                 *, incarnation: int = 0) -> None:
         self.config = config
         self.index = shard_index
+        # Slot ``index`` of the node's layout, served by this incarnation
+        # until a layout gives the slot to another (rolling restart) or drops
+        # it (scale down): then this worker hands every room over and exits.
+        self.incarnation = incarnation
+        self.retiring = False
         self.name = f"shard-{shard_index}"
         self.endpoints = NodeEndpoints(run_dir)
         self.heartbeat = heartbeat
@@ -71,9 +79,14 @@ class ShardWorker:
         self.tag = node_tag(self.number)
         self.links: ShardLinks | None = None
         self.store = open_room_store(
-            config, shard_index, self.view_file.node_id, self.view_file.epoch,
+            config, shard_index, self.view_file.node_id, self.view_file.epoch, incarnation=incarnation,
             member_stamp=self._member_stamp, member_alive=self._member_alive,
         )
+        # The routing this node's ingress uses: the view as of its last
+        # routing marker (relay/frames.py), not the newest view.json, so this
+        # worker never refuses a room the ingress still sends it.
+        self.routing_view = self.view_file.view
+        self.routing_slots = list(self.view_file.slots)
         self._next_renew = now + config.lease_ttl / 3
         self.state = ShardState(
             RoomSettings.from_config(config),
@@ -89,9 +102,12 @@ class ShardWorker:
             max_control_rate=config.max_control_rate_per_client,
             now=now,
         )
-        if config.store:
+        if self.store is not None:
             me = (self.node_id, shard_index)
-            self.state.owns = lambda room_id: owner_of(room_id.encode("utf-8"), self.view_file.view) == me
+            self.state.owns = lambda room_id: (
+                not self.retiring and owner_of(room_id.encode("utf-8"), self.routing_view) == me
+            )
+        if config.store:
             self.state.node_of = lambda identity: self._member_stamp(identity)[0] if identity else None
         self.control = ControlQueue(config.ctrl_queue_max)
         self.pending = LatestOnly()
@@ -106,6 +122,7 @@ class ShardWorker:
             "admin_requests": 0,
             "journal_records": 0,
             "rooms_handed_over": 0,
+            "routing_markers": 0,
             "forwarded_in": 0,
             "cluster_broadcast_again": 0,
             "unicast_bytes": 0,
@@ -129,10 +146,10 @@ class ShardWorker:
         self.transform_inbox = ctx.socket(zmq.PULL)
         for lane, sock in ((Lane.CONTROL, self.control_inbox), (Lane.TRANSFORM, self.transform_inbox)):
             sock.setsockopt(zmq.LINGER, 0)
-            sock.bind(self.endpoints.shard_inbox(self.index, lane))
+            sock.bind(self.endpoints.shard_inbox(self.index, lane, self.incarnation))
         self.admin_sock = ctx.socket(zmq.ROUTER)
         self.admin_sock.setsockopt(zmq.LINGER, 0)
-        self.admin_sock.bind(self.endpoints.shard_admin(self.index))
+        self.admin_sock.bind(self.endpoints.shard_admin(self.index, self.incarnation))
         self.egress = ctx.socket(zmq.PUSH)
         self.egress.setsockopt(zmq.LINGER, 2000)
         self.egress.setsockopt(zmq.SNDHWM, 100_000)
@@ -149,7 +166,7 @@ class ShardWorker:
         self.poller.register(self.admin_sock, zmq.POLLIN)
         if self.config.store:
             cfg = self.config
-            mine = cluster_endpoints(cfg.advertise_host, cfg.cluster_port, cfg.shards)
+            mine = cluster_endpoints(cfg.advertise_host, cfg.cluster_port, max(cfg.shards, self.index + 1))
             self.links = ShardLinks(ctx, cfg.cluster_key_file, mine, self.index, self.node_id)
             self.links.follow(self.view_file.view)
             for sock in (*self.links.inlets.values(), self.links.admin):
@@ -169,9 +186,12 @@ class ShardWorker:
         log.info("%s ready (rooms load lazily from the %s store)", self.name,
                  self.store.kind if self.store is not None else "no")
         try:
-            while not self.stopping:
+            while not self.stopping and not self.retiring:
                 self._turn()
             self._drain_for_shutdown()
+            if self.store is not None and self.state.held:
+                log.error("%s: %d held message(s) for %d room(s) not handled at stop", self.name,
+                          self.state.held_total, len(self.state.held))
         finally:
             if self.store is not None:
                 self.store.close()
@@ -253,6 +273,12 @@ class ShardWorker:
                 return
             try:
                 if credit:
+                    layout = parse_marker(frame)
+                    if layout is not None:
+                        self._on_routing_marker(layout, now)
+                        if self.retiring:
+                            return
+                        continue
                     mark = batch_mark(frame)
                     # A batch built without an ingress epoch is credit for no
                     # ingress, and epoch 0 on the egress would mean RESET.
@@ -388,13 +414,46 @@ class ShardWorker:
             if lost:
                 self.state.forget_rooms(lost)
         view = self.view_file.poll(now)
-        if view is not None:
-            if self.links is not None:
-                self.links.follow(view)
-            me = (self.node_id, self.index)
-            moving = [r for r in self.state.rooms if owner_of(r.encode("utf-8"), view) != me]
-            if moving:
-                self.hand_over(moving, now)
+        if view is not None and self.links is not None:
+            self.links.follow(view)
+        if self.links is not None and self.links.unbound:
+            self.links.bind_pending()
+
+    def _on_routing_marker(self, layout: bytes, now: float) -> None:
+        """The ingress routes by ``layout`` from here on: hand over what is no longer ours.
+
+        Everything it routed here before has been read (relay/frames.py), so
+        the new owner, waiting for the lease, continues exactly where this
+        worker stops. A worker whose slot is gone or given to a new
+        incarnation hands over every room and stops.
+        """
+        try:
+            view, slots = decode_layout(layout)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.state.drops.drop("internal_frame", f"bad routing marker: {exc}")
+            return
+        self.counters["routing_markers"] += 1
+        self.routing_view, self.routing_slots = view, slots
+        retiring = self.index >= len(slots) or slots[self.index] != self.incarnation
+        if self.store is None:
+            # Nothing to hand over through: rooms live in this process only
+            # (the supervisor refuses to scale a node without a store).
+            self.retiring = retiring
+            return
+        if retiring and self.state.held:
+            # Messages waiting for a lease this worker was about to get:
+            # take the rooms now so that they are handed over with the rest.
+            for held in self.state.held.values():
+                held.retry_at = 0.0
+            self._enqueue(self.state.retry_held(now), 0)
+        self.retiring = retiring
+        me = (self.node_id, self.index)
+        moving = [r for r in self.state.rooms if retiring or owner_of(r.encode("utf-8"), view) != me]
+        if moving:
+            self.hand_over(moving, now)
+        if retiring:
+            log.info("%s (incarnation %d) retired by the layout %s: %d room(s) handed over",
+                     self.name, self.incarnation, slots, len(moving))
 
     def hand_over(self, room_ids: list[str], now: float) -> None:
         """Release rooms to their new owner: flush, journal, send, then let go of the lease."""
@@ -497,14 +556,15 @@ class ShardWorker:
         write_status(self.endpoints.status_file(self.name), status)
 
 
-def run_shard(config_dict: dict, shard_index: int, run_dir: str, heartbeat: Any = None) -> None:
+def run_shard(config_dict: dict, shard_index: int, run_dir: str, incarnation: int = 0,
+              heartbeat: Any = None) -> None:
     """Process entry point (spawned by the supervisor)."""
     config = RelayConfig.from_dict(config_dict)
     setup_logging(f"shard-{shard_index}", config.log_level_console, config.log_json_console, config.log_dir)
     from shard_worker.store.base import StoreError
 
     try:
-        worker = ShardWorker(config, shard_index, run_dir, heartbeat)
+        worker = ShardWorker(config, shard_index, run_dir, heartbeat, incarnation=incarnation)
 
         def handle_term(signum: int, frame: Any) -> None:
             worker.stopping = True

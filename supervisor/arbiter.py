@@ -151,7 +151,7 @@ class Arbiter:
 
         cfg, run_dir = self.config_dict, self.run_dir
         specs: list[tuple[str, Callable[..., None], tuple]] = [("proxy", run_proxy, (cfg, run_dir))]
-        specs += [(f"shard-{k}", run_shard, (cfg, k, run_dir)) for k in range(self.config.shards)]
+        specs += [(f"shard-{k}", run_shard, (cfg, k, run_dir, 0)) for k in range(self.config.shards)]
         specs.append(("ingress", run_ingress, (cfg, run_dir)))
         from supervisor.frontdesk import run_frontdesk
 

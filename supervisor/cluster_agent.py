@@ -23,6 +23,7 @@ from relay.cluster.membership import Membership, NodeIdConflict, node_number
 from relay.cluster.view import ClusterView, NodeInfo, local_view
 from relay.cluster.view_file import write_view
 from relay.config import RelayConfig
+from relay.endpoints import cluster_endpoints
 
 log = logging.getLogger("relay.cluster")
 
@@ -49,6 +50,10 @@ class ClusterAgent:
         self.epoch = int(time.time() * 1000)
         self.number = 0
         self.view: ClusterView = local_view(self.node_id, config.shards, self.epoch)
+        # Incarnation serving each shard slot (relay/cluster/view_file.py).
+        self.slots: list[int] = [0] * config.shards
+        # set_slots runs on the supervisor's thread, refreshes on ours.
+        self._lock = threading.RLock()
         self.degraded = False
         self.detail = ""
         self.refreshes = 0
@@ -73,7 +78,7 @@ class ClusterAgent:
             self._degrade(f"store unreachable at start: {exc}")
             self._publish()
             return
-        info = NodeInfo(self.node_id, self.config.shards, self.epoch, self.number, self.endpoints)
+        info = NodeInfo(self.node_id, len(self.slots), self.epoch, self.number, self.endpoints)
         self.membership = Membership(self.client, info, ttl=self.config.membership_ttl)
         deadline = time.monotonic() + self.config.membership_ttl + 1.5
         while True:
@@ -106,12 +111,16 @@ class ClusterAgent:
             self.refresh_once()
 
     def refresh_once(self) -> None:
+        with self._lock:
+            self._refresh_once()
+
+    def _refresh_once(self) -> None:
         try:
             if self.membership is None:
                 # The store was unreachable at start: register now.
                 self.epoch = self._server_epoch()
                 self.number = node_number(self.client, self.node_id)
-                info = NodeInfo(self.node_id, self.config.shards, self.epoch, self.number, self.endpoints)
+                info = NodeInfo(self.node_id, len(self.slots), self.epoch, self.number, self.endpoints)
                 self.membership = Membership(self.client, info, ttl=self.config.membership_ttl)
             view = self.membership.refresh()
         except NodeIdConflict as exc:
@@ -141,7 +150,32 @@ class ClusterAgent:
 
     def _publish(self) -> None:
         write_view(self.run_dir, self.node_id, self.epoch, self.number, self.view,
-                   store_degraded=self.degraded, detail=self.detail)
+                   store_degraded=self.degraded, detail=self.detail, slots=self.slots)
+
+    def set_slots(self, slots: list[int]) -> None:
+        """A new shard layout for this node (scale, rolling restart).
+
+        Written to ``view.json`` at once: the ingress routes by it and tells
+        each shard (relay/frames.py, routing marker), shards hand over what
+        moved. In cluster mode the registration changes too, so other nodes
+        route by the new shard count from their next refresh (within about a
+        second; README, "Live operations").
+        """
+        if not slots:
+            raise ValueError("a node needs at least one shard slot")
+        with self._lock:
+            self.slots = list(slots)
+            if self.shared:
+                host = self.endpoints["egress"].removeprefix("tcp://").rsplit(":", 1)[0]
+                self.endpoints = cluster_endpoints(host, self.config.cluster_port, len(slots))
+            info = NodeInfo(self.node_id, len(slots), self.epoch, self.number, self.endpoints)
+            if self.membership is not None:
+                self.membership.info = info
+            others = [n for n in self.view.nodes if n.node_id != self.node_id]
+            self.view = ClusterView(self.view.generation, tuple(sorted([*others, info])))
+            self._publish()
+            if self.shared:
+                self._refresh_once()
 
     # ----------------------------------------------------------------- stop
 
@@ -165,6 +199,7 @@ class ClusterAgent:
             "store_degraded": self.degraded,
             "detail": self.detail,
             "generation": self.view.generation,
+            "slots": list(self.slots),
             "nodes": [n.to_dict() for n in self.view.nodes],
             "refreshes": self.refreshes,
             "failures": self.failures,

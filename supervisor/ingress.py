@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from relay.cluster.placement import LocalRouter
+from relay.cluster.view import ClusterView, encode_layout
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, cluster_endpoints, tcp_bind
@@ -40,12 +41,14 @@ from relay.frames import (
     BatchBuilder,
     node_tag,
     parse_credit,
+    routing_marker,
 )
 from relay.histogram import LatencyHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.status import write_status
 from supervisor.ingress_links import IngressLinks
+from supervisor.ingress_slots import ShardSlots
 from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
 
 log = logging.getLogger("relay.ingress")
@@ -118,10 +121,6 @@ class Ingress:
         # the shard last reported as read (relay/frames.py). A fresh epoch per
         # ingress process tells its batches from a predecessor's.
         self.epoch = random.getrandbits(32) or 1  # 0 is RESET_EPOCH
-        lanes = (Lane.CONTROL, Lane.TRANSFORM)
-        self.pushed = {lane: [[0, 0] for _ in range(config.shards)] for lane in lanes}
-        self.acked = {lane: [[0, 0] for _ in range(config.shards)] for lane in lanes}
-        self.inflight_high_water = {lane: [0] * config.shards for lane in lanes}
 
     def _open_sockets(self) -> None:
         # Two I/O threads, one per lane (ZMQ_AFFINITY): the network I/O of the
@@ -149,25 +148,22 @@ class Ingress:
         self.egress.setsockopt(zmq.LINGER, 0)
         self.egress.setsockopt(zmq.RCVHWM, EGRESS_RCVHWM)
         self.egress.bind(self.endpoints.egress)
-        # One PUSH per (lane, shard). Messages for a restarting shard wait
-        # here and are delivered when it is back, within the lane's credit
-        # (INFLIGHT_LIMITS); beyond it they are dropped and counted. The HWM
-        # (frames, each at least one message) is only a backstop.
-        self.shard_pushes: dict[int, list[zmq.Socket]] = {}
-        for lane, (hwm, _bytes) in INFLIGHT_LIMITS.items():
-            pushes = []
-            for index in range(cfg.shards):
-                push = ctx.socket(zmq.PUSH)
-                push.setsockopt(zmq.AFFINITY, CONTROL_IO_THREAD if lane == Lane.CONTROL else TRANSFORM_IO_THREAD)
-                push.setsockopt(zmq.LINGER, 0)
-                push.setsockopt(zmq.SNDHWM, hwm)
-                push.connect(self.endpoints.shard_inbox(index, lane))
-                pushes.append(push)
-            self.shard_pushes[lane] = pushes
-        self.batches = {
-            lane: [BatchBuilder(lane, self.number) for _ in range(cfg.shards)]
-            for lane in (Lane.CONTROL, Lane.TRANSFORM)
-        }
+        # One PUSH per (lane, shard slot). Messages for a restarting shard
+        # wait here and are delivered when it is back, within the lane's
+        # credit (INFLIGHT_LIMITS); beyond it they are dropped and counted.
+        # The HWM (frames, each at least one message) is only a backstop.
+        self.shard_slots = ShardSlots(
+            ctx, self.endpoints, self.number,
+            hwm={lane: limits[0] for lane, limits in INFLIGHT_LIMITS.items()},
+            affinity={Lane.CONTROL: CONTROL_IO_THREAD, Lane.TRANSFORM: TRANSFORM_IO_THREAD},
+        )
+        self.shard_slots.open(self.view_file.slots)
+        # The slot layout's lists, changed in place by ShardSlots.change.
+        self.shard_pushes = self.shard_slots.pushes
+        self.batches = self.shard_slots.batches
+        self.pushed = self.shard_slots.pushed
+        self.acked = self.shard_slots.acked
+        self.inflight_high_water = self.shard_slots.high_water
         # Batches for shards of other nodes, by router target (< 0).
         self.remote_batches: dict[int, dict[int, BatchBuilder]] = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
         self.poller = zmq.Poller()
@@ -182,8 +178,8 @@ class Ingress:
         self.poller.register(self.transform, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
-        pushes = [p for lane_pushes in self.shard_pushes.values() for p in lane_pushes]
-        for sock in (self.control, self.transform, self.egress, *pushes):
+        self.shard_slots.close()
+        for sock in (self.control, self.transform, self.egress):
             sock.close()
         if self.links is not None:
             self.links.close()
@@ -208,8 +204,11 @@ class Ingress:
         log.info(
             "ingress ready: control %s:%d transform %s:%d -> %d shards",
             self.config.host, self.config.control_port, self.config.host,
-            self.config.transform_port, self.config.shards,
+            self.config.transform_port, len(self.shard_slots),
         )
+        # A (re)started ingress cannot know what its predecessor routed: tell
+        # every worker which routing holds from here on.
+        self.shard_slots.mark(self._marker())
         next_status = 0.0
         try:
             while not self.stopping:
@@ -229,12 +228,7 @@ class Ingress:
                 now = time.monotonic()
                 view = self.view_file.poll(now)
                 if view is not None:
-                    self.router.set_view(view)
-                    self.remote_batches = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
-                    if self.links is not None:
-                        self.links.follow(view)
-                    log.info("routing by cluster view generation %d (%d nodes)",
-                             view.generation, len(view.nodes))
+                    self._change_routing(view)
                 if self.heartbeat is not None:
                     self.heartbeat.value = now
                 if now >= next_status:
@@ -246,6 +240,25 @@ class Ingress:
         finally:
             self._close_sockets()
             log.info("ingress stopped")
+
+    def _marker(self) -> bytes:
+        return routing_marker(encode_layout(self.view_file.view, self.view_file.slots))
+
+    def _change_routing(self, view: ClusterView) -> None:
+        """A new cluster view or slot layout: switch in the order ShardSlots documents."""
+        for lane in (Lane.CONTROL, Lane.TRANSFORM):
+            self._flush_batches(lane)
+        slots = self.view_file.slots
+        if slots != self.shard_slots.slots:
+            self.shard_slots.change(slots, self._marker())
+            log.info("routing to %d shard slot(s), incarnations %s", len(slots), slots)
+        else:
+            self.shard_slots.mark(self._marker())
+        self.router.set_view(view)
+        self.remote_batches = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
+        if self.links is not None:
+            self.links.follow(view)
+        log.info("routing by cluster view generation %d (%d nodes)", view.generation, len(view.nodes))
 
     def _pump_inbound(self, sock: zmq.Socket, lane: int, budget: int) -> bool:
         """Forward up to ``budget`` messages, batched per shard; True if more may wait."""
@@ -438,6 +451,8 @@ class Ingress:
                     lane.name.lower(): list(marks) for lane, marks in self.inflight_high_water.items()
                 },
                 "route_cache": len(self.router),
+                "slots": list(self.shard_slots.slots),
+                "slot_counts": dict(self.shard_slots.counts),
                 "view_generation": self.router.view.generation,
                 "links": self.links.stats() if self.links is not None else None,
                 "control_latency": self.control_latency.to_dict(),

@@ -45,6 +45,8 @@ if held then
     return {-1, held}
   end
 end
+-- A changed registration (a node scaled its shards) is a new view too.
+if held and held ~= ARGV[3] and ARGV[6] ~= '1' then changed = true end
 if ARGV[6] == '1' then
   redis.call('DEL', mykey)
   if redis.call('ZREM', KEYS[1], ARGV[2]) == 1 then changed = true end

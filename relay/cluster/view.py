@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-__all__ = ["ClusterView", "NodeInfo", "local_view"]
+__all__ = ["ClusterView", "NodeInfo", "decode_layout", "encode_layout", "local_view"]
 
 
 @dataclass(frozen=True, order=True)
@@ -68,3 +68,15 @@ class ClusterView:
 def local_view(node_id: str, shards: int, epoch: int = 0, number: int = 0) -> ClusterView:
     """The view of a node that shares no store: itself, all rooms local."""
     return ClusterView(0, (NodeInfo(node_id, shards, epoch, number),))
+
+
+def encode_layout(view: ClusterView, slots: list[int]) -> bytes:
+    """A view with this node's slot layout (incarnation per shard slot), as one value."""
+    return orjson.dumps({"generation": view.generation, "nodes": [n.to_dict() for n in view.nodes],
+                         "slots": slots})
+
+
+def decode_layout(raw: bytes) -> tuple[ClusterView, list[int]]:
+    data = orjson.loads(raw)
+    nodes = tuple(sorted(NodeInfo.from_dict(n) for n in data["nodes"]))
+    return ClusterView(int(data["generation"]), nodes), [int(i) for i in data["slots"]]

@@ -24,9 +24,15 @@ def view_path(run_dir: str) -> str:
 
 
 def write_view(run_dir: str, node_id: str, epoch: int, number: int, view: ClusterView, *,
-               store_degraded: bool, detail: str = "") -> None:
+               store_degraded: bool, detail: str = "", slots: list[int] | None = None) -> None:
+    """``slots``: this node's shard layout, the incarnation that serves each
+    slot (a rolling restart replaces one slot's worker by a new incarnation);
+    its length is this node's shard count in ``view``."""
     data = orjson.loads(view.to_bytes())
-    data.update({"local": {"node_id": node_id, "epoch": epoch, "number": number},
+    local = view.node(node_id)
+    if slots is None:
+        slots = [0] * (local.shards if local is not None else 1)
+    data.update({"local": {"node_id": node_id, "epoch": epoch, "number": number, "slots": slots},
                  "store_degraded": store_degraded,
                  "detail": detail, "written_at": time.time()})
     write_status(view_path(run_dir), data)
@@ -45,6 +51,7 @@ class ViewFile:
         self.number = 0
         self.store_degraded = False
         self.view: ClusterView | None = None
+        self.slots: list[int] = []
         self._load()
         if self.view is None:
             if shards is None:
@@ -52,6 +59,7 @@ class ViewFile:
             # A child started without a supervisor (tools, unit tests): a node
             # alone; a view written later is picked up by poll().
             self.view = local_view("", shards)
+            self.slots = [0] * shards
 
     def _load(self) -> bool:
         try:
@@ -69,12 +77,16 @@ class ViewFile:
         self.epoch = int(data["local"]["epoch"])
         self.number = int(data["local"].get("number", 0))
         self.store_degraded = bool(data.get("store_degraded", False))
-        changed = view != self.view
+        local = view.node(self.node_id)
+        default = [0] * (local.shards if local is not None else 1)
+        slots = [int(i) for i in data["local"].get("slots", default)]
+        changed = view != self.view or slots != self.slots
         self.view = view
+        self.slots = slots
         return changed
 
     def poll(self, now: float | None = None) -> ClusterView | None:
-        """The new view if it changed since the last call, else None."""
+        """The new view if it (or this node's slot layout) changed since the last call, else None."""
         now = time.monotonic() if now is None else now
         if now < self._next_check:
             return None

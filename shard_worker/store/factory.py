@@ -15,6 +15,7 @@ def open_room_store(
     node_id: str,
     epoch: int,
     *,
+    incarnation: int = 0,
     member_stamp: Callable[[bytes | None], tuple[str, int]] | None = None,
     member_alive: Callable[[str, int], bool] | None = None,
 ) -> RoomStore | None:

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
+from relay.endpoints import NodeEndpoints
 from supervisor.rest.console import CONSOLE_PATH, add_console
 from supervisor.rest.errors import install_error_handlers
 from supervisor.rest.log_export import add_log_export_route
@@ -65,7 +66,8 @@ def create_app(
     )
     app.state.counts = counts
     install_error_handlers(app)
-    calls = RoomCalls(config.shards, shard_client, counts, _view_of(config, run_dir))
+    calls = RoomCalls(config.shards, shard_client, counts, _view_of(config, run_dir),
+                      NodeEndpoints(run_dir) if run_dir is not None else None)
     reader = NodeStatusReader(run_dir)
 
     @app.get("/", summary="Health check")
@@ -83,7 +85,7 @@ def create_app(
 
 
 def _view_of(config: RelayConfig, run_dir: str | None) -> ViewFile | None:
-    """The cluster view REST routes by (cluster mode); a single node routes locally."""
-    if not config.store or run_dir is None:
+    """The view and slot layout REST routes by (a node alone has one too)."""
+    if run_dir is None:
         return None
-    return ViewFile(run_dir)
+    return ViewFile(run_dir, shards=config.shards)

@@ -17,7 +17,7 @@ from fastapi import HTTPException
 from relay.admin import Outcome
 from relay.cluster.placement import owner_of
 from relay.cluster.view_file import ViewFile
-from relay.endpoints import admin_key
+from relay.endpoints import NodeEndpoints, admin_key
 from relay.hashing import shard_for_room
 from supervisor.rest.outcomes import http_error
 from supervisor.rest.shard_client import (
@@ -40,12 +40,31 @@ class RoomCalls:
     """Admin requests from routes to shards, with the outcome turned into HTTP."""
 
     def __init__(
-        self, shards: int, client: ShardRequester, counts: Counter[str], view: ViewFile | None = None
+        self, shards: int, client: ShardRequester, counts: Counter[str], view: ViewFile | None = None,
+        endpoints: NodeEndpoints | None = None,
     ) -> None:
         self.shards = shards
         self.client = client
         self.counts = counts
         self.view = view
+        # With both, local requests follow the node's slot layout (scale,
+        # rolling restart: a new worker has an admin endpoint of its own).
+        self.endpoints = endpoints
+
+    def _local_key(self, slot: int) -> int:
+        local = getattr(self.client, "local", None)
+        if self.view is None or self.endpoints is None or local is None:
+            return slot
+        slots = self.view.slots
+        incarnation = slots[slot] if slot < len(slots) else 0
+        return local(self.endpoints.shard_admin(slot, incarnation))
+
+    def local_keys(self) -> list[int]:
+        """Request keys of this node's shard slots, in slot order."""
+        if self.view is None:
+            return list(range(self.shards))
+        self.view.poll()
+        return [self._local_key(k) for k in range(len(self.view.slots))]
 
     def shard_of(self, room_id: str) -> int:
         """The request key of the shard that owns ``room_id``, on this node or another."""
@@ -55,7 +74,7 @@ class RoomCalls:
         self.view.poll()
         node_id, shard = owner_of(room, self.view.view)
         if node_id == self.view.node_id:
-            return shard
+            return self._local_key(shard)
         node = self.view.view.node(node_id)
         endpoint = node.endpoints.get(admin_key(shard)) if node is not None else None
         remote = getattr(self.client, "remote", None)

@@ -100,7 +100,7 @@ def add_cluster_route(
     @app.get("/v1/cluster", response_model=ClusterReply, summary="Nodes, shards and their load")
     async def get_cluster() -> dict[str, Any]:
         live = await asyncio.gather(
-            *(calls.try_shard(k, {"op": "stats"}) for k in range(config.shards))
+            *(calls.try_shard(k, {"op": "stats"}) for k in calls.local_keys())
         )
         supervisor = reader.supervisor() or {}
         children = supervisor.get("children") if isinstance(supervisor.get("children"), dict) else {}

@@ -51,7 +51,7 @@ def add_room_routes(
         check_path_text(search=search)
         request = {"op": "rooms_list", "search": search, "limit": offset + limit}
         replies = await asyncio.gather(
-            *(calls.try_shard(k, request) for k in range(config.shards))
+            *(calls.try_shard(k, request) for k in calls.local_keys())
         )
         answered = [(k, r) for k, r in enumerate(replies) if isinstance(r, dict)]
         if not answered:

@@ -88,6 +88,17 @@ class ShardClient:
         # reached over CURVE with the cluster key pair.
         self._remote_keys: dict[str, int] = {}
         self.cluster_keys: ClusterKeys | None = None
+        # This node's shard admin endpoints; a new incarnation of a slot
+        # (rolling restart) gets a new key and socket.
+        self._local_keys: dict[str, int] = {ep: k for k, ep in enumerate(self.endpoints)}
+
+    def local(self, endpoint: str) -> int:
+        """The request key of one of this node's shard admin endpoints."""
+        key = self._local_keys.get(endpoint)
+        if key is None:
+            key = self._local_keys[endpoint] = len(self.endpoints)
+            self.endpoints.append(endpoint)
+        return key
 
     def remote(self, endpoint: str) -> int:
         """The request key of another node's shard admin endpoint."""
