@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-test-$(HASH)
 BENCH_STAMP := $(VENV)/.installed-bench-$(HASH)
 SOAK_MINUTES ?= 30
 
-.PHONY: run test lint bench bench-codec bench-cluster soak clean
+.PHONY: run test lint bench bench-codec bench-cluster bench-handover soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench: $(BENCH_STAMP)
 # The cross-node hop alone: 1 node, 1 node behind HAProxy, 3 nodes behind HAProxy.
 bench-cluster: $(BENCH_STAMP)
 	$(BIN)/python -m bench.cluster
+
+# Per-room pause while a node scales and restarts its shard workers (live operations).
+bench-handover: $(BENCH_STAMP)
+	$(BIN)/python -m bench.handover
 
 # A relay under churn, shard kills and bad input for SOAK_MINUTES (default 30);
 # fails on leaks, exceeded bounds, lost acknowledged values or unexpected deaths.
