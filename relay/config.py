@@ -168,6 +168,9 @@ class RelayConfig:
     mapping_throttle_interval: float = 0.5
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 3.0
+    # A child that fails this many times in a row at start (exits before it
+    # is ready, or within 10 s) stops the node with one error naming the cause.
+    max_start_failures: int = 5
     rest_request_timeout: float = 2.0
     rest_max_body_bytes: int = 65536
     object_idle_broadcast_interval: float = 2.0
@@ -542,6 +545,7 @@ _POSITIVE_INT_KEYS = (
     "max_evicted_rooms_per_shard",
     "max_queued_devices_per_room",
     "max_message_bytes",
+    "max_start_failures",
 )
 # Upper bounds imposed by wire field widths (PROTOCOL §5, §6): a larger
 # limit would admit values the codec cannot encode.

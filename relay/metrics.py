@@ -29,7 +29,7 @@ Metrics (labels in braces)
 --------------------------
 Node and children (from ``supervisor.json``):
 
-- ``relay_shards`` gauge: configured shard count.
+- ``relay_shards`` gauge: current shard count (``relayctl scale`` changes it).
 - ``relay_node_start_time_seconds`` gauge: supervisor start, Unix time.
 - ``relay_child_up{child}`` gauge: 1 if the child process is alive.
 - ``relay_child_restarts_total{child}`` counter: restarts by the supervisor.
@@ -82,6 +82,11 @@ Shards (``shard`` = shard index):
   ``relay_journal_records_total{shard}`` counters.
 - ``relay_nv_sync_latency_seconds`` histogram, summed over shards: network
   variable set received -> sync handed out.
+- ``relay_handovers_total{shard,event}`` counter: hand-over events (waits,
+  loaded_after_wait, released, deposed); ``relay_rooms_handed_over_total{shard}``
+  counter: rooms the shard handed over (scale, reload, cluster moves).
+- ``relay_handover_wait_seconds`` histogram, summed over shards: how long
+  messages for a room in hand-over were held before the room was loaded.
 
 Ingress:
 
@@ -161,7 +166,7 @@ SeriesKey = tuple[str, str, Labels]
 
 _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     # name: (kind, help, label names)
-    "relay_shards": ("gauge", "Configured number of shards.", ()),
+    "relay_shards": ("gauge", "Current number of shards (changes with relayctl scale).", ()),
     "relay_node_start_time_seconds": ("gauge", "Supervisor start time, Unix seconds.", ()),
     "relay_child_up": ("gauge", "1 if the child process is alive.", ("child",)),
     "relay_store_degraded": (
@@ -176,6 +181,12 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "counter", "Change records the store refused or could not keep, by outcome.", ("shard", "outcome"),
     ),
     "relay_handovers_total": ("counter", "Room hand-over events by kind.", ("shard", "event")),
+    "relay_rooms_handed_over_total": (
+        "counter", "Rooms this shard handed over to their new owner (scale, reload, cluster).", ("shard",),
+    ),
+    "relay_handover_wait_seconds": (
+        "histogram", "Messages held for a room in hand-over: hold -> released to the loaded room.", (),
+    ),
     "relay_child_restarts_total": ("counter", "Child restarts by the supervisor.", ("child",)),
     "relay_child_uptime_seconds": ("gauge", "Age of the child's current instance.", ("child",)),
     "relay_child_status_age_seconds": (
@@ -398,6 +409,7 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
         ("relay_journal_records_total", "journal_records"),
         ("relay_egress_frames_total", "unicast_frames_sent"),
         ("relay_egress_recipients_total", "unicast_recipients"),
+        ("relay_rooms_handed_over_total", "rooms_handed_over"),
     ):
         _counter(raw, name, lab, st.get(field))
     store = st.get("store") or {}
@@ -426,6 +438,7 @@ def _shard_series(shard: str, st: dict[str, Any], scrape: _Scrape) -> dict[Serie
     # No shard label: shards share bucket bounds, so the node-wide sum is a
     # valid histogram and keeps the series count independent of --shards.
     _histogram(raw, "relay_nv_sync_latency_seconds", (), st.get("nv_sync_latency"))
+    _histogram(raw, "relay_handover_wait_seconds", (), st.get("handover_wait"))
     return raw
 
 

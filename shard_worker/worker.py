@@ -556,9 +556,10 @@ class ShardWorker:
         write_status(self.endpoints.status_file(self.name), status)
 
 
-def run_shard(config_dict: dict, shard_index: int, run_dir: str, incarnation: int = 0,
-              heartbeat: Any = None) -> None:
-    """Process entry point (spawned by the supervisor)."""
+def run_shard(
+    config_dict: dict, shard_index: int, run_dir: str, incarnation: int = 0, heartbeat: Any = None
+) -> None:
+    """Process entry point (spawned by the supervisor as slot ``shard_index``, ``incarnation``)."""
     config = RelayConfig.from_dict(config_dict)
     setup_logging(f"shard-{shard_index}", config.log_level_console, config.log_json_console, config.log_dir)
     from shard_worker.store.base import StoreError
@@ -577,4 +578,7 @@ def run_shard(config_dict: dict, shard_index: int, run_dir: str, incarnation: in
         # Serving on would announce changes that are not on disk; the
         # supervisor restarts the shard (with backoff while this persists).
         log.error("shard-%d: journal unusable, exiting: %s", shard_index, exc)
+        from relay.fatal import record_fatal
+
+        record_fatal(run_dir, f"shard-{shard_index}", str(exc))
         sys.exit(1)

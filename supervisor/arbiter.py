@@ -2,13 +2,37 @@
 
 Shaped like gunicorn's arbiter: signal handlers only queue the signal and
 write a byte to a wake-up pipe; the main loop pops signals and dispatches to
-``handle_<name>`` methods, then reaps dead children, replaces hung ones (by
-heartbeat) and restarts them with the same identity and endpoints, with
-backoff when a child keeps dying young.
+``handle_<name>`` methods, then reaps dead children (``waitpid`` on each
+known pid, woken by SIGCHLD), replaces hung ones (by heartbeat) and restarts
+them with the same identity and endpoints, with exponential backoff when a
+child keeps dying young. A child that fails at start ``max_start_failures``
+times in a row stops the node with one error naming it and its cause (the
+line it recorded with :func:`relay.fatal.record_fatal`).
+
+Live operations (README "Live operations") run as one operation at a time,
+a generator stepped once per loop turn so reaping, heartbeats and signals go
+on while it waits:
+
+- scale (SIGTTIN +1, SIGTTOU -1, SIGUSR2 + ``run_dir/scale-request.json``
+  from ``relayctl scale N``): new shard slots start with fresh incarnations,
+  become ready, then the layout is published (``cluster.set_slots``);
+  removed slots are published first, then retired;
+- reload (SIGHUP, ``relayctl reload``): the configuration is re-read, each
+  shard slot in turn gets a new incarnation with it, the layout is published
+  and the old incarnation retired.
+
+A request that arrives while an operation runs is refused (logged, and shown
+as ``last_refused`` in supervisor.json): send it again once it is done.
+
+A retired shard hands its rooms over and exits by itself with code 0; it is
+moved out of ``children`` (so it is never restarted) into ``retiring`` as
+``shard-<k>~<incarnation>``, and is sent SIGTERM, then SIGKILL, only if it
+does not exit in time.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import multiprocessing
@@ -18,12 +42,14 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.config import RelayConfig
+from relay.config import MAX_SHARDS, ConfigError, RelayConfig
 from relay.endpoints import NodeEndpoints
+from relay.fatal import clear_fatal, read_fatal, record_fatal
 from relay.status import read_status, write_status
 from supervisor.pidfile import pointer_path, remove_pidfile, write_pidfile
 
@@ -40,8 +66,73 @@ def resolve_advertise(host: str) -> str:
 
 SPAWN = multiprocessing.get_context("spawn")
 STARTUP_GRACE = 10.0
+# A child that exits sooner than this after its start counts as failing at
+# start, like one that never became ready.
 FAST_FAILURE = 10.0
 MAX_BACKOFF = 10.0
+FIRST_BACKOFF = 0.25
+# A retired shard hands its rooms over and exits by itself within this; then
+# SIGTERM, and SIGKILL TERM_TIMEOUT later.
+RETIRE_TIMEOUT = 10.0
+TERM_TIMEOUT = 3.0
+SCALE_REQUEST = "scale-request.json"
+HISTORY = 20
+
+# Settings read by a process a rolling restart does not replace (ingress,
+# proxy, REST bridge, discovery, the supervisor's own listeners and cluster
+# agent) or that fix the node's identity and storage: a reload keeps their
+# running values and says so. Everything else is read by the shards only and
+# takes effect as each shard is replaced. `shards` changes with `relayctl
+# scale`, not with a reload.
+RESTART_ONLY = frozenset({
+    "control_port", "transform_port", "pub_port", "server_discovery_port", "rest_api_port",
+    "server_name", "enable_server_discovery", "host", "run_dir", "data_dir",
+    "metrics_port", "metrics_host",
+    "rest_host", "rest_token", "rest_token_file", "rest_cors_origins", "rest_request_timeout",
+    "rest_max_body_bytes",
+    "store", "node_id", "advertise_host", "cluster_port", "cluster_key_file", "membership_ttl",
+    "max_message_bytes", "heartbeat_interval",
+    "log_dir", "log_level_console", "log_json_console", "log_rotation", "log_retention",
+    "shards",
+})
+
+
+def child_main(target: Callable[..., None], run_dir: str, fatal_name: str, *args: Any) -> None:
+    """Entry point of every child: an uncaught exception becomes its fatal reason.
+
+    A child that records a more precise reason itself before exiting keeps it.
+    """
+    try:
+        target(*args)
+    except Exception as exc:
+        if read_fatal(run_dir, fatal_name) is None:
+            record_fatal(run_dir, fatal_name, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name} (exit code {code})"
+        except ValueError:
+            return f"exit code {code}"
+    return f"exit code {code}"
+
+
+def say_fatal(message: str) -> None:
+    """One error line in the log and one on stderr (not two when the log is the console)."""
+    log.error("%s", message)
+    for handler in logging.getLogger().handlers + log.handlers:
+        if (
+            isinstance(handler, logging.StreamHandler)
+            and getattr(handler, "stream", None) is sys.stderr
+            and handler.level <= logging.ERROR
+            and logging.getLogger().isEnabledFor(logging.ERROR)
+        ):
+            return
+    print(f"relayctl: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -51,29 +142,70 @@ class Child:
     args: tuple
     heartbeat: Any
     process: Any = None
+    # Set while the process has not been reaped; None once we collected it.
+    pid: int | None = None
+    slot: int | None = None
+    incarnation: int | None = None
     started_at: float = 0.0
     started_wall: float = 0.0
     restarts: int = 0
     consecutive_failures: int = 0
     restart_at: float | None = None
     last_exit: int | None = None
-    history: list[str] = field(default_factory=list)
+    kill_sent: bool = False
+    retire_at: float | None = None
+    retired_at: float | None = None
+    term_at: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def fatal_name(self) -> str:
+        """The name the child itself records a fatal reason under (its slot's name)."""
+        return self.name.split("~", 1)[0]
+
+
+class OperationError(Exception):
+    """A scale or reload that stopped part-way (the message says where)."""
 
 
 class Arbiter:
-    SIGNALS = [signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD]
+    SIGNALS = [
+        signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD,
+        signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2,
+    ]
     SIG_NAMES = {sig: sig.name[3:].lower() for sig in SIGNALS}
+    max_backoff = MAX_BACKOFF
 
-    def __init__(self, config: RelayConfig) -> None:
+    def __init__(
+        self, config: RelayConfig, reload_config: Callable[[], RelayConfig] | None = None
+    ) -> None:
         self.config = config
+        # Rebuilds the configuration the node was started with (file + flags +
+        # environment), for SIGHUP; None: a reload keeps the settings.
+        self.reload_config = reload_config
         self.run_dir = config.run_dir or tempfile.mkdtemp(prefix="netsync-relay-")
         os.makedirs(self.run_dir, exist_ok=True)
         self.endpoints = NodeEndpoints(self.run_dir)
         # "auto": the address this host's name resolves to (a container's IP
         # on its compose network); children bind node links on the result.
-        advertise = resolve_advertise(config.advertise_host)
-        self.config_dict = {**config.to_dict(), "run_dir": self.run_dir, "advertise_host": advertise}
+        self.advertise = resolve_advertise(config.advertise_host)
+        self.config_dict = self._child_config(config)
         self.children: dict[str, Child] = {}
+        # New shard incarnations not yet in the layout, and old ones leaving it.
+        self.starting: dict[str, Child] = {}
+        self.retiring: dict[str, Child] = {}
+        # slot k runs incarnation slots[k]; incarnations are never reused.
+        self.slots: list[int] = [0] * config.shards
+        # The count the configuration asks for (the layout may differ after a scale).
+        self.configured_shards = config.shards
+        self.next_incarnation = 1
+        self.operation: Generator[None, None, None] | None = None
+        self.op_info: dict[str, Any] | None = None
+        self.last_refused: dict[str, Any] | None = None
         self.sig_queue: list[int] = []
         self.pipe: tuple[int, int] | None = None
         self.stopping = False
@@ -84,8 +216,11 @@ class Arbiter:
         from relay.endpoints import cluster_endpoints
         from supervisor.cluster_agent import ClusterAgent
 
-        links = cluster_endpoints(advertise, config.cluster_port, config.shards) if config.store else {}
+        links = cluster_endpoints(self.advertise, config.cluster_port, config.shards) if config.store else {}
         self.cluster = ClusterAgent(config, self.run_dir, endpoints=links)
+
+    def _child_config(self, config: RelayConfig) -> dict[str, Any]:
+        return {**config.to_dict(), "run_dir": self.run_dir, "advertise_host": self.advertise}
 
     # ------------------------------------------------------------ signals
 
@@ -98,7 +233,9 @@ class Arbiter:
             signal.signal(sig, self._signal)
 
     def _signal(self, sig: int, frame: Any) -> None:
-        if len(self.sig_queue) < 5:
+        # SIGCHLD only needs to wake the loop once; never let a burst of them
+        # push a stop request out of the queue.
+        if len(self.sig_queue) < 5 and not (sig == signal.SIGCHLD and sig in self.sig_queue):
             self.sig_queue.append(sig)
         self.wakeup()
 
@@ -133,6 +270,36 @@ class Arbiter:
     def handle_quit(self) -> None:
         self.begin_stop("SIGQUIT")
 
+    def handle_hup(self) -> None:
+        log.info("SIGHUP received: rolling restart of the shards")
+        self.request_reload()
+
+    def handle_ttin(self) -> None:
+        log.info("SIGTTIN received: one shard more")
+        self.request_scale(len(self.slots) + 1)
+
+    def handle_ttou(self) -> None:
+        log.info("SIGTTOU received: one shard fewer")
+        self.request_scale(len(self.slots) - 1)
+
+    def handle_usr2(self) -> None:
+        """`relayctl scale N`: the wanted count is in run_dir/scale-request.json."""
+        path = os.path.join(self.run_dir, SCALE_REQUEST)
+        request = read_status(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        if not isinstance(request, dict):
+            log.error("SIGUSR2 without a readable %s: ignored", path)
+            return
+        shards, request_id = request.get("shards"), request.get("id")
+        log.info("scale request received: %s shards", shards)
+        if not isinstance(shards, int) or isinstance(shards, bool):
+            self._refuse("scale", shards, request_id, f"shards must be an integer, got {shards!r}")
+            return
+        self.request_scale(shards, request_id=request_id)
+
     def begin_stop(self, why: str) -> None:
         if self.stopping:
             log.warning("second stop request (%s): forcing exit", why)
@@ -144,14 +311,18 @@ class Arbiter:
 
     # ----------------------------------------------------------- children
 
-    def child_specs(self) -> list[tuple[str, Callable[..., None], tuple]]:
+    def shard_spec(self, slot: int, incarnation: int) -> tuple[str, Callable[..., None], tuple]:
         from shard_worker.worker import run_shard
+
+        return (f"shard-{slot}", run_shard, (self.config_dict, slot, self.run_dir, incarnation))
+
+    def child_specs(self) -> list[tuple[str, Callable[..., None], tuple]]:
         from supervisor.ingress import run_ingress
         from supervisor.proxy import run_proxy
 
         cfg, run_dir = self.config_dict, self.run_dir
         specs: list[tuple[str, Callable[..., None], tuple]] = [("proxy", run_proxy, (cfg, run_dir))]
-        specs += [(f"shard-{k}", run_shard, (cfg, k, run_dir, 0)) for k in range(self.config.shards)]
+        specs += [self.shard_spec(k, i) for k, i in enumerate(self.slots)]
         specs.append(("ingress", run_ingress, (cfg, run_dir)))
         from supervisor.frontdesk import run_frontdesk
 
@@ -159,39 +330,136 @@ class Arbiter:
         specs += self.extra_children
         return specs
 
+    def make_child(self, name: str, target: Callable[..., None], args: tuple) -> Child:
+        child = Child(name, target, args, SPAWN.RawValue("d", 0.0))
+        from shard_worker.worker import run_shard
+
+        if target is run_shard:
+            child.slot, child.incarnation = args[1], args[3]
+        return child
+
     def spawn(self, child: Child) -> None:
         # 0 = not ready yet: a child sets its heartbeat only once its sockets are bound.
         child.heartbeat.value = 0.0
+        child.kill_sent = False
+        clear_fatal(self.run_dir, child.fatal_name)
+        args = child.args
+        if args and isinstance(args[0], dict) and "shards" in args[0] and "control_port" in args[0]:
+            # A child (re)started after a scale learns the current shard count;
+            # every other setting stays what the child was created with.
+            args = ({**args[0], "shards": len(self.slots)}, *args[1:])
         process = SPAWN.Process(
-            target=child.target, args=(*child.args, child.heartbeat), name=child.name, daemon=False
+            target=child_main,
+            args=(child.target, self.run_dir, child.fatal_name, *args, child.heartbeat),
+            name=child.name,
+            daemon=False,
         )
         process.start()
         child.process = process
+        child.pid = process.pid
         child.started_at = time.monotonic()
         child.started_wall = time.time()
         child.restart_at = None
         log.info("started %s (pid %d)", child.name, process.pid)
 
-    def reap(self, child: Child, now: float) -> None:
-        exitcode = child.process.exitcode
-        child.last_exit = exitcode
-        lived = now - child.started_at
-        child.process.join(timeout=0)
+    def _collect(self, child: Child) -> int | None:
+        """The child's exit code if it has exited (and reap it), else None. Never blocks."""
+        if child.pid is None:
+            return child.last_exit
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:
+            # Someone else reaped it (multiprocessing's active_children() does,
+            # from any code in this process): use what they saw.
+            popen = getattr(child.process, "_popen", None)
+            code = getattr(popen, "returncode", None)
+            code = -1 if code is None else code
+        else:
+            if pid == 0:
+                return None
+            code = os.waitstatus_to_exitcode(status)
+        popen = getattr(child.process, "_popen", None)
+        if popen is not None and popen.returncode is None:
+            # We reaped the pid ourselves, so multiprocessing's own poll() would
+            # now get ECHILD, which it takes for "not started yet": is_alive()
+            # would say True forever and join() would hang. Tell it the code.
+            popen.returncode = code
+        if child.process is not None:
+            try:
+                child.process.close()  # releases its sentinel pipe
+            except ValueError:
+                pass
         child.process = None
+        child.pid = None
+        child.last_exit = code
+        return code
+
+    def reap_children(self, now: float) -> None:
+        """waitpid(WNOHANG) on each pid we started, never -1 (other code may own children)."""
+        for child in list(self.children.values()):
+            if child.pid is not None:
+                pid = child.pid
+                code = self._collect(child)
+                if code is not None:
+                    self.on_exit(child, pid, code, now)
+        for child in list(self.starting.values()):
+            if child.pid is not None:
+                code = self._collect(child)
+                if code is not None:
+                    log.error("%s exited while starting: %s", child.name, self.cause(child))
+        for name, child in list(self.retiring.items()):
+            code = self._collect(child)
+            if code is None:
+                continue
+            since = now - (child.retired_at or now)
+            level = logging.INFO if code == 0 else logging.WARNING
+            log.log(level, "%s (retired) exited with %s, %.1fs after its retirement",
+                    name, describe_exit(code), since)
+            del self.retiring[name]
+
+    def cause(self, child: Child) -> str:
+        """What the child said before dying, else how it exited."""
+        return read_fatal(self.run_dir, child.fatal_name) or describe_exit(child.last_exit)
+
+    def on_exit(self, child: Child, pid: int, code: int, now: float) -> None:
+        lived = now - child.started_at
+        never_ready = child.heartbeat.value == 0.0
         if self.stopping:
             return
-        child.consecutive_failures = child.consecutive_failures + 1 if lived < FAST_FAILURE else 0
-        delay = 0.0 if child.consecutive_failures <= 1 else min(
-            MAX_BACKOFF, 0.25 * 2 ** (child.consecutive_failures - 2)
-        )
+        if never_ready or lived < FAST_FAILURE:
+            child.consecutive_failures += 1
+        else:
+            child.consecutive_failures = 0
+        n = child.consecutive_failures
+        delay = 0.0 if n <= 1 else min(self.max_backoff, FIRST_BACKOFF * 2 ** (n - 2))
+        child.history.append({"pid": pid, "exit": code, "lived_s": round(lived, 3),
+                              "ready": not never_ready, "backoff_s": delay})
+        del child.history[:-HISTORY]
+        if n >= self.config.max_start_failures:
+            self.fail_node(
+                f"cannot keep {child.name} running: it failed at start {n} times in a row; "
+                f"last cause: {self.cause(child)}"
+            )
+            return
         child.restart_at = now + delay
         child.restarts += 1
         log.warning(
-            "%s exited with %s after %.1fs; restart #%d in %.2fs",
-            child.name, exitcode, lived, child.restarts, delay,
+            "%s exited with %s after %.1fs%s; restart #%d in %.2fs",
+            child.name, describe_exit(code), lived, "" if not never_ready else " (never ready)",
+            child.restarts, delay,
         )
 
+    def fail_node(self, message: str) -> None:
+        """Stop the node (ordered shutdown, exit code 1) with one error line."""
+        if self.stopping:
+            return
+        say_fatal(message)
+        self.exit_code = 1
+        self.stopping = True
+
     def check_heartbeat(self, child: Child, now: float) -> None:
+        if child.kill_sent:
+            return
         if child.heartbeat.value == 0.0:
             silent_for = now - child.started_at
             if silent_for < STARTUP_GRACE:
@@ -199,54 +467,310 @@ class Arbiter:
         else:
             silent_for = now - child.heartbeat.value
         if silent_for > self.config.heartbeat_timeout:
-            log.error("%s (pid %d) silent for %.1fs: killing", child.name, child.process.pid, silent_for)
+            log.error("%s (pid %d) silent for %.1fs: killing", child.name, child.pid, silent_for)
+            self.signal_child(child, signal.SIGKILL)
+            child.kill_sent = True  # the reaper collects it on a later turn
+
+    def signal_child(self, child: Child, sig: int) -> None:
+        if child.pid is not None:
             try:
-                os.kill(child.process.pid, signal.SIGKILL)
+                os.kill(child.pid, sig)
             except ProcessLookupError:
                 pass
-            child.process.join(timeout=2.0)
 
     def manage_children(self) -> None:
         now = time.monotonic()
+        self.reap_children(now)
+        if self.stopping:
+            return
         for child in self.children.values():
-            if child.process is not None:
-                if child.process.is_alive():
-                    self.check_heartbeat(child, now)
-                if child.process is not None and not child.process.is_alive():
-                    self.reap(child, now)
-            if child.process is None and not self.stopping and child.restart_at is not None:
-                if now >= child.restart_at:
-                    self.spawn(child)
+            if child.pid is not None:
+                self.check_heartbeat(child, now)
+            elif child.restart_at is not None and now >= child.restart_at:
+                self.spawn(child)
+        self.manage_retiring(now)
+
+    def manage_retiring(self, now: float) -> None:
+        for name, child in self.retiring.items():
+            if child.pid is None:
+                continue
+            if child.term_at is None and child.retire_at is not None and now >= child.retire_at:
+                log.warning("%s (pid %d) has not exited %.0fs after its retirement: SIGTERM",
+                            name, child.pid, now - (child.retired_at or now))
+                self.signal_child(child, signal.SIGTERM)
+                child.term_at = now
+            elif child.term_at is not None and not child.kill_sent and now >= child.term_at + TERM_TIMEOUT:
+                log.error("%s (pid %d) ignored SIGTERM for %.0fs: SIGKILL", name, child.pid, TERM_TIMEOUT)
+                self.signal_child(child, signal.SIGKILL)
+                child.kill_sent = True
 
     def kill_all(self, sig: int) -> None:
-        for child in self.children.values():
-            if child.process is not None and child.process.pid:
-                try:
-                    os.kill(child.process.pid, sig)
-                except ProcessLookupError:
-                    pass
+        for group in (self.children, self.starting, self.retiring):
+            for child in group.values():
+                self.signal_child(child, sig)
+
+    # --------------------------------------------------- live operations
+
+    def memory_only(self) -> bool:
+        return self.config.data_dir == "" and not self.config.store
+
+    def _refusal(self, kind: str) -> str | None:
+        if self.stopping:
+            return "the node is stopping"
+        if self.operation is not None and self.op_info is not None:
+            return f"a {self.op_info['kind']} is in progress (ask again once it has finished)"
+        if self.memory_only():
+            return ("this node keeps room state in memory only (no data_dir, no store): "
+                    "rooms can only move between shards through a store")
+        return None
+
+    def _refuse(self, kind: str, target: Any, request_id: Any, why: str) -> None:
+        log.error("%s%s refused: %s", kind, "" if target is None else f" to {target} shards", why)
+        self.last_refused = {"kind": kind, "target": target, "id": request_id,
+                             "reason": why, "at": time.time()}
+
+    def request_scale(self, target: int, request_id: Any = None) -> bool:
+        why = self._refusal("scale")
+        if why is None and not 1 <= target <= MAX_SHARDS:
+            why = f"shards must be between 1 and {MAX_SHARDS}, got {target}"
+        if why is None and self.config.store and self.config.cluster_port + 2 + 3 * target > 65535:
+            why = f"cluster_port {self.config.cluster_port} leaves no room for {target} shards' ports"
+        if why is not None:
+            self._refuse("scale", target, request_id, why)
+            return False
+        self._begin("scale", self._op_scale(target), target=target, request_id=request_id)
+        return True
+
+    def request_reload(self, request_id: Any = None) -> bool:
+        why = self._refusal("reload")
+        if why is not None:
+            self._refuse("reload", None, request_id, why)
+            return False
+        self._begin("reload", self._op_reload(), request_id=request_id)
+        return True
+
+    def _begin(self, kind: str, op: Generator[None, None, None], *, target: int | None = None,
+               request_id: Any = None) -> None:
+        self.operation = op
+        self.op_info = {"kind": kind, "target": target, "id": request_id or uuid.uuid4().hex,
+                        "state": "running", "started_at": time.time(), "finished_at": None,
+                        "detail": "", "_t0": time.monotonic()}
+        self.step_operation()
+
+    def step_operation(self) -> None:
+        """Advance the running operation by one step (it yields while it waits)."""
+        if self.operation is None or self.op_info is None:
+            return
+        try:
+            next(self.operation)
+            return
+        except StopIteration:
+            state, detail = "done", ""
+        except (OperationError, ConfigError) as exc:
+            state, detail = "failed", str(exc)
+            log.error("%s failed: %s", self.op_info["kind"], detail)
+        except Exception as exc:  # noqa: BLE001 - an operation must never take the node down
+            state, detail = "failed", f"{type(exc).__name__}: {exc}"
+            log.exception("%s failed", self.op_info["kind"])
+        self._finish(state, detail)
+
+    def _finish(self, state: str, detail: str) -> None:
+        for child in list(self.starting.values()):
+            self._discard(child)
+        self.operation = None
+        assert self.op_info is not None
+        self.op_info.update(state=state, detail=detail, finished_at=time.time())
+
+    def abort_operation(self, why: str) -> None:
+        if self.operation is not None:
+            self.operation.close()
+            log.warning("%s abandoned: %s", (self.op_info or {}).get("kind"), why)
+            self._finish("failed", why)
+
+    def _new_shard(self, slot: int) -> Child:
+        """Spawn a fresh incarnation for ``slot`` (not in the layout until promoted)."""
+        incarnation = self.next_incarnation
+        self.next_incarnation += 1
+        name, target, args = self.shard_spec(slot, incarnation)
+        child = self.make_child(f"{name}~{incarnation}", target, args)
+        child.slot, child.incarnation = slot, incarnation
+        self.starting[child.name] = child
+        self.spawn(child)
+        return child
+
+    def _wait_ready(self, fresh: list[Child]) -> Generator[None, None, None]:
+        deadline = time.monotonic() + STARTUP_GRACE
+        while True:
+            for child in fresh:
+                if child.pid is None:
+                    raise OperationError(f"{child.name} failed to start: {self.cause(child)}")
+            if all(child.heartbeat.value > 0.0 for child in fresh):
+                return
+            if time.monotonic() >= deadline:
+                late = [c.name for c in fresh if c.heartbeat.value == 0.0]
+                raise OperationError(f"not ready after {STARTUP_GRACE:.0f}s: {', '.join(late)}")
+            yield
+
+    def _promote(self, child: Child) -> None:
+        """A started incarnation becomes its slot's child (restarted if it dies)."""
+        del self.starting[child.name]
+        child.name = f"shard-{child.slot}"
+        self.children[child.name] = child
+        order = {"proxy": 0, "ingress": 2, "rest": 3}
+
+        def key(item: tuple[str, Child]) -> tuple[int, int]:
+            name, c = item
+            if c.slot is not None and name.startswith("shard-"):
+                return (1, c.slot)
+            return (order.get(name, 4), 0)
+
+        self.children = dict(sorted(self.children.items(), key=key))
+
+    def _retire(self, child: Child) -> None:
+        """Out of the layout: it hands its rooms over and exits by itself."""
+        self.children.pop(child.name, None)
+        child.name = f"shard-{child.slot}~{child.incarnation}"
+        child.restart_at = None
+        if child.pid is None:
+            log.info("%s retired (it was not running)", child.name)
+            return
+        now = time.monotonic()
+        child.retired_at, child.retire_at = now, now + RETIRE_TIMEOUT
+        self.retiring[child.name] = child
+        log.info("retiring %s (pid %d): it hands its rooms over and exits; SIGTERM after %.0fs",
+                 child.name, child.pid, RETIRE_TIMEOUT)
+
+    def _discard(self, child: Child) -> None:
+        """A new incarnation we no longer want (its operation failed)."""
+        self.starting.pop(child.name, None)
+        if child.pid is None:
+            return
+        log.warning("killing %s (pid %d): its operation did not complete", child.name, child.pid)
+        self.signal_child(child, signal.SIGKILL)
+        child.kill_sent = True
+        child.retired_at = child.term_at = time.monotonic()
+        self.retiring[child.name] = child
+
+    def _wait_gone(self, names: list[str]) -> Generator[None, None, None]:
+        # Bounded: manage_retiring escalates to SIGTERM, then SIGKILL.
+        while any(name in self.retiring for name in names):
+            yield
+
+    def _publish(self, slots: list[int]) -> None:
+        self.cluster.set_slots(list(slots))
+        self.slots = list(slots)
+        self.config = dataclasses.replace(self.config, shards=len(slots))
+        self.config_dict["shards"] = len(slots)
+        log.info("shard layout published: %d shards, incarnations %s", len(slots), slots)
+
+    def _op_scale(self, target: int) -> Generator[None, None, None]:
+        started = time.monotonic()
+        old = list(self.slots)
+        log.info("scale %d -> %d shards: started", len(old), target)
+        if target > len(old):
+            fresh = [self._new_shard(k) for k in range(len(old), target)]
+            yield from self._wait_ready(fresh)
+            self._publish(old + [c.incarnation for c in fresh])
+            for child in fresh:
+                self._promote(child)
+        elif target < len(old):
+            leaving = [self.children[f"shard-{k}"] for k in range(target, len(old))
+                       if f"shard-{k}" in self.children]
+            self._publish(old[:target])
+            for child in leaving:
+                self._retire(child)
+            yield from self._wait_gone([c.name for c in leaving])
+            for k in range(target, len(old)):
+                # The slot is gone: its last status must not show up as a live shard.
+                for path in (self.endpoints.status_file(f"shard-{k}"),):
+                    try:
+                        os.unlink(path)
+                    except OSError:
+                        pass
+                clear_fatal(self.run_dir, f"shard-{k}")
+        log.info("scale %d -> %d shards: done in %.2fs", len(old), target, time.monotonic() - started)
+
+    def reloaded_config(self) -> RelayConfig:
+        """The re-read configuration, restart-only settings kept at their running values."""
+        fresh = self.reload_config() if self.reload_config is not None else self.config
+        running, wanted = self.config.to_dict(), fresh.to_dict()
+        changed = [k for k in wanted if wanted[k] != running.get(k)]
+        kept = [k for k in changed if k in RESTART_ONLY]
+        applied = [k for k in changed if k not in RESTART_ONLY]
+        if "shards" in kept:
+            kept.remove("shards")
+            if wanted["shards"] != self.configured_shards:
+                log.warning("reload: shards changed in the configuration (%d -> %d): a reload does "
+                            "not change the shard count (%d now); use `relayctl scale N`",
+                            self.configured_shards, wanted["shards"], len(self.slots))
+        self.configured_shards = wanted["shards"]
+        if kept:
+            # Names only: some of these (rest_token) are secrets.
+            log.warning("reload: changed settings that need a full restart keep their running "
+                        "values: %s", ", ".join(kept))
+        log.info("reload: applying %s", ", ".join(applied) if applied else "no changed settings (fresh code only)")
+        merged = {**wanted, **{k: running[k] for k in RESTART_ONLY if k in running}}
+        return RelayConfig.from_dict(merged)
+
+    def _op_reload(self) -> Generator[None, None, None]:
+        started = time.monotonic()
+        config = self.reloaded_config()
+        self.config = config
+        self.config_dict = self._child_config(config)
+        count = len(self.slots)
+        log.info("reload: replacing %d shards one at a time", count)
+        for k in range(count):
+            step = time.monotonic()
+            old = self.children.get(f"shard-{k}")
+            fresh = self._new_shard(k)
+            try:
+                yield from self._wait_ready([fresh])
+            except OperationError as exc:
+                raise OperationError(
+                    f"reload stopped at shard-{k} ({exc}); shards before it run the new "
+                    "configuration, the others the old one"
+                ) from None
+            slots = list(self.slots)
+            slots[k] = fresh.incarnation
+            self._publish(slots)
+            if old is not None:
+                self._retire(old)
+            self._promote(fresh)
+            if old is not None:
+                yield from self._wait_gone([old.name])
+            log.info("reload: shard-%d now incarnation %d (%.2fs)", k, fresh.incarnation,
+                     time.monotonic() - step)
+        log.info("reload: done in %.2fs", time.monotonic() - started)
 
     # ------------------------------------------------------------- status
 
+    def _child_state(self, child: Child, now: float) -> dict[str, Any]:
+        alive = child.pid is not None
+        state = {
+            "pid": child.pid,
+            "alive": alive,
+            "uptime_s": round(now - child.started_at, 3) if alive else 0.0,
+            "started_at": child.started_wall,
+            "restarts": child.restarts,
+            "last_exit": child.last_exit,
+            "consecutive_failures": child.consecutive_failures,
+        }
+        if child.slot is not None:
+            state["slot"], state["incarnation"] = child.slot, child.incarnation
+        return state
+
     def write_state(self) -> None:
         now = time.monotonic()
-        children = {}
-        for name, child in self.children.items():
-            alive = child.process is not None and child.process.is_alive()
-            children[name] = {
-                "pid": child.process.pid if alive else None,
-                "alive": alive,
-                "uptime_s": round(now - child.started_at, 3) if alive else 0.0,
-                "started_at": child.started_wall,
-                "restarts": child.restarts,
-                "last_exit": child.last_exit,
-            }
+        operation = None
+        if self.op_info is not None:
+            operation = {k: v for k, v in self.op_info.items() if not k.startswith("_")}
         state = {
             "supervisor_pid": os.getpid(),
             "started_at": self.started_wall,
             "run_dir": self.run_dir,
             "data_dir": self.config.data_dir,
-            "shards": self.config.shards,
+            "shards": len(self.slots),
+            "slots": list(self.slots),
             "ports": {
                 "control": self.config.control_port,
                 "transform": self.config.transform_port,
@@ -255,7 +779,14 @@ class Arbiter:
                 "discovery": self.config.server_discovery_port if self.config.enable_server_discovery else None,
                 "metrics": self.config.metrics_port or None,
             },
-            "children": children,
+            "children": {name: self._child_state(c, now) for name, c in self.children.items()},
+            "starting": {name: self._child_state(c, now) for name, c in self.starting.items()},
+            "retiring": {
+                name: {**self._child_state(c, now), "retiring_for_s": round(now - (c.retired_at or now), 3)}
+                for name, c in self.retiring.items()
+            },
+            "operation": operation,
+            "last_refused": self.last_refused,
             "cluster": self.cluster.status(),
         }
         write_status(self.endpoints.supervisor_file, state)
@@ -269,12 +800,12 @@ class Arbiter:
         pointer = pointer_path(self.config.control_port)
         if pointer is not None:
             write_status(pointer, {"run_dir": self.run_dir, "pid": os.getpid()})
-        log.info("supervisor %d: run dir %s, %d shards", os.getpid(), self.run_dir, self.config.shards)
+        log.info("supervisor %d: run dir %s, %d shards", os.getpid(), self.run_dir, len(self.slots))
         if not self.preflight() or not self.join_cluster():
             self.remove_pointer()
             return 1
         for name, target, args in self.child_specs():
-            self.children[name] = Child(name, target, args, SPAWN.RawValue("d", 0.0))
+            self.children[name] = self.make_child(name, target, args)
             self.spawn(self.children[name])
         self.start_metrics()
         next_state = 0.0
@@ -290,6 +821,8 @@ class Arbiter:
                 if self.stopping:
                     break
                 self.manage_children()
+                if not self.stopping:
+                    self.step_operation()
                 if time.monotonic() >= next_state:
                     next_state = time.monotonic() + 0.5
                     self.write_state()
@@ -297,6 +830,7 @@ class Arbiter:
                     next_status_log = time.monotonic() + self.config.status_log_interval
                     self.log_status_line()
                 self.sleep(0.1)
+            self.abort_operation("the node is stopping")
             self.shutdown()
         except SystemExit as exc:
             return int(exc.code or 0)
@@ -307,7 +841,7 @@ class Arbiter:
     def log_status_line(self) -> None:
         """One line with the node's totals, as the reference logs periodically."""
         totals = {"rooms": 0, "visible": 0, "stealth": 0, "devices": 0, "ctrl_queue_depth": 0}
-        for shard in range(self.config.shards):
+        for shard in range(len(self.slots)):
             status = read_status(self.endpoints.status_file(f"shard-{shard}")) or {}
             for key in totals:
                 totals[key] += int(status.get(key, 0))
@@ -361,20 +895,16 @@ class Arbiter:
         while time.monotonic() < deadline:
             if any(sig != signal.SIGCHLD for sig in self.sig_queue):
                 return True  # let the main loop handle a stop request
-            failed = [c for c in self.children.values() if c.process is not None and not c.process.is_alive()]
-            if failed:
-                for child in failed:
-                    log.error(
-                        "%s failed to start (exit code %s): see its log lines above",
-                        child.name, child.process.exitcode,
-                    )
-                return False
+            for child in self.children.values():
+                if child.pid is not None and self._collect(child) is not None:
+                    say_fatal(f"cannot start: {child.name} failed to start: {self.cause(child)}")
+                    return False
             if all(c.heartbeat.value > 0.0 for c in self.children.values()):
                 log.info("relay ready: %d children started", len(self.children))
                 return True
             self.sleep(0.05)
-        log.error("children not ready after %.0fs: %s", STARTUP_GRACE,
-                  [c.name for c in self.children.values() if c.heartbeat.value == 0.0])
+        say_fatal(f"cannot start: children not ready after {STARTUP_GRACE:.0f}s: "
+                  f"{', '.join(c.name for c in self.children.values() if c.heartbeat.value == 0.0)}")
         return False
 
     def start_metrics(self) -> None:
@@ -403,21 +933,27 @@ class Arbiter:
             except OSError:
                 pass
 
-    def _stop_children(self, names: list[str], timeout: float) -> None:
-        procs = [self.children[n].process for n in names if n in self.children and self.children[n].process]
-        for proc in procs:
-            if proc.is_alive():
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+    def _stop_children(self, children: list[Child], timeout: float) -> None:
+        """SIGTERM, wait (reaping) up to ``timeout``, then SIGKILL the rest."""
+        alive = [c for c in children if c.pid is not None]
+        for child in alive:
+            self.signal_child(child, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for proc in procs:
-            proc.join(timeout=max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
-                log.warning("%s did not stop in time: killing", proc.name)
-                proc.kill()
-                proc.join(timeout=1.0)
+        while True:
+            alive = [c for c in alive if self._collect(c) is None]
+            if not alive:
+                return
+            if time.monotonic() >= deadline:
+                break
+            self.sleep(0.02)
+        for child in alive:
+            log.warning("%s did not stop in time: killing", child.name)
+            self.signal_child(child, signal.SIGKILL)
+        deadline = time.monotonic() + 1.0
+        while alive and time.monotonic() < deadline:
+            alive = [c for c in alive if self._collect(c) is None]
+            if alive:
+                self.sleep(0.02)
 
     def shutdown(self) -> None:
         """Stop intake first, let shards flush and persist, then the rest."""
@@ -425,13 +961,17 @@ class Arbiter:
         # A second Ctrl-C/SIGTERM during shutdown must still force the exit.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
             signal.signal(sig, lambda *_: self._force_exit())
-        names = list(self.children)
-        self._stop_children([n for n in names if n == "ingress"], 1.5)
-        self._stop_children([n for n in names if n.startswith("shard-") or n not in ("proxy", "ingress")], 2.5)
+        children = self.children
+        self._stop_children([c for n, c in children.items() if n == "ingress"], 1.5)
+        self._stop_children(
+            [c for n, c in children.items() if n not in ("proxy", "ingress")]
+            + list(self.starting.values()) + list(self.retiring.values()),
+            2.5,
+        )
         # Shards have flushed and released their leases: deregister so the
         # other nodes take the rooms over now rather than after the TTL.
         self.cluster.stop(leave=True)
-        self._stop_children(["proxy"], 0.5)
+        self._stop_children([c for n, c in children.items() if n == "proxy"], 0.5)
         self.write_state()
         if self.metrics_server is not None:
             self.metrics_server.close()
@@ -445,8 +985,8 @@ class Arbiter:
         os._exit(1)
 
 
-def main_start(config: RelayConfig) -> int:
-    arbiter = Arbiter(config)
+def main_start(config: RelayConfig, reload_config: Callable[[], RelayConfig] | None = None) -> int:
+    arbiter = Arbiter(config, reload_config)
     code = arbiter.run()
     sys.stdout.flush()
     return code

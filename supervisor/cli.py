@@ -8,15 +8,16 @@ import os
 import signal
 import sys
 import time
+import uuid
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
 
-from relay.config import ConfigError
+from relay.config import MAX_SHARDS, ConfigError, RelayConfig
 from relay.endpoints import NodeEndpoints
 from relay.logs import setup_logging
-from relay.status import read_status
+from relay.status import read_status, write_status
 from supervisor.cli_args import add_config_arguments, config_from_args
 from supervisor.pidfile import check_relay_process, pointer_path, process_start_ticks, read_pidfile
 
@@ -47,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--json", action="store_true", help="machine-readable output")
         else:
             cmd.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for exit")
+    scale = sub.add_parser("scale", help="change the running node's shard count (rooms move, clients stay)")
+    scale.add_argument("shards", type=int, metavar="N", help=f"new shard count (1..{MAX_SHARDS})")
+    reload = sub.add_parser("reload", help="re-read the configuration and replace the shards one at a time")
+    for cmd in (scale, reload):
+        cmd.add_argument("--run-dir", dest="run_dir", default=None, help="run dir of the node")
+        cmd.add_argument(
+            "--control-port", dest="control_port", type=int, default=None,
+            help="find the node by its control port (default: RELAY_CONTROL_PORT or 5555)",
+        )
+        cmd.add_argument("--wait", action="store_true", help="wait until the node has finished")
+        cmd.add_argument("--timeout", type=float, default=120.0, help="seconds --wait waits at most")
     keygen = sub.add_parser("keygen", help="write a new cluster key pair file (CURVE)")
     keygen.add_argument("file", help="where to write it (mode 0600); give every node a copy")
     return parser
@@ -108,6 +120,27 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
     return lines
 
 
+def _n(key: str) -> Any:
+    return lambda st, child: st.get(key, 0) or 0
+
+
+# (heading, value from the shard's status file and its supervisor entry, total is a maximum)
+_SHARD_COLUMNS: list[tuple[str, Any, bool]] = [
+    ("ROOMS", _n("rooms"), False),
+    ("CLIENTS", _n("clients"), False),
+    ("DEVICES", _n("devices"), False),
+    ("VISIBLE", _n("visible"), False),
+    ("STEALTH", _n("stealth"), False),
+    ("CTRL Q", _n("ctrl_queue_depth"), False),
+    ("CTRL HW", _n("ctrl_queue_high_water"), True),
+    ("HELD", _n("held_messages"), False),
+    ("PENDING TX", _n("pending_broadcasts"), False),
+    ("HANDED OVER", _n("rooms_handed_over"), False),
+    ("DROPS", lambda st, child: sum((st.get("drops") or {}).values()), False),
+    ("RESTARTS", lambda st, child: child.get("restarts", 0) or 0, False),
+]
+
+
 def format_status_table(state: dict[str, Any]) -> str:
     """Human view of collect_status(): children, then shards, then the ingress."""
     lines = [
@@ -139,29 +172,34 @@ def format_status_table(state: dict[str, Any]) -> str:
     lines += _table(["CHILD", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT"], rows)
 
     shard_rows = []
-    totals = [0] * 8
+    totals = [0] * len(_SHARD_COLUMNS)
     for name, child in children.items():
         if not name.startswith("shard-"):
             continue
         st = child.get("status") or {}
         if not st:
-            shard_rows.append([name.removeprefix("shard-")] + ["?"] * 8)
+            shard_rows.append([name.removeprefix("shard-")] + ["?"] * (len(_SHARD_COLUMNS) - 1)
+                              + [child.get("restarts", 0)])
             continue
-        values = [
-            st.get("rooms", 0), st.get("clients", 0), st.get("visible", 0), st.get("stealth", 0),
-            st.get("ctrl_queue_depth", 0), st.get("ctrl_queue_high_water", 0),
-            st.get("pending_broadcasts", 0), sum((st.get("drops") or {}).values()),
-        ]
+        values = [value(st, child) for _, value, _ in _SHARD_COLUMNS]
         shard_rows.append([name.removeprefix("shard-"), *values])
-        totals = [t + v for t, v in zip(totals, values, strict=True)]
         # High water: the worst shard matters, a sum of maxima means nothing.
-        totals[5] = max(totals[5] - values[5], values[5])
+        totals = [max(t, v) if worst else t + v
+                  for t, v, (_, _, worst) in zip(totals, values, _SHARD_COLUMNS, strict=True)]
     if shard_rows:
         lines.append("")
-        lines += _table(
-            ["SHARD", "ROOMS", "CLIENTS", "VISIBLE", "STEALTH", "CTRL Q", "CTRL HW", "PENDING TX", "DROPS"],
-            [*shard_rows, ["total", *totals]],
-        )
+        lines += _table(["SHARD", *(heading for heading, _, _ in _SHARD_COLUMNS)],
+                        [*shard_rows, ["total", *totals]])
+    retiring = state.get("retiring") or {}
+    if retiring:
+        lines.append("retiring: " + ", ".join(
+            f"{name} (pid {c.get('pid')}, {c.get('retiring_for_s', 0):.0f}s)" for name, c in retiring.items()
+        ))
+    op = state.get("operation") or {}
+    if op:
+        what = op.get("kind", "?") + (f" to {op['target']} shards" if op.get("target") else "")
+        lines.append(f"last operation: {what}: {op.get('state')}"
+                     + (f" ({op.get('detail')})" if op.get("detail") else ""))
     ingress = (children.get("ingress") or {}).get("status") or {}
     links = ingress.get("links") or {}
     if links:
@@ -255,11 +293,88 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 1
 
 
+def _running_node(args: argparse.Namespace) -> tuple[str, int] | None:
+    """(run dir, supervisor pid) of the node to signal, after the checks `stop` makes."""
+    run_dir = find_run_dir(args)
+    if run_dir is None or read_pidfile(run_dir) is None:
+        print("no running relay found (give --run-dir or --control-port)", file=sys.stderr)
+        return None
+    pid, why_not = check_relay_process(run_dir)
+    if why_not is not None or pid is None:
+        # Never signal a process we cannot prove is the node we started.
+        print(f"refusing to signal: {why_not} (pid file in {run_dir})", file=sys.stderr)
+        return None
+    return run_dir, pid
+
+
+def _wait_operation(run_dir: str, matches: Any, timeout: float) -> int:
+    """Poll supervisor.json until the operation ``matches`` picks has finished or was refused."""
+    path = NodeEndpoints(run_dir).supervisor_file
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = read_status(path) or {}
+        refused = state.get("last_refused") or {}
+        if refused and matches(refused, "at"):
+            print(f"refused: {refused.get('reason')}", file=sys.stderr)
+            return 1
+        op = state.get("operation") or {}
+        if op and matches(op, "started_at") and op.get("state") != "running":
+            if op.get("state") == "done":
+                print(f"done: {state.get('shards')} shards, incarnations {state.get('slots')}")
+                return 0
+            print(f"{op.get('kind')} failed: {op.get('detail')}", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
+    print(f"not finished after {timeout}s (see the node's log)", file=sys.stderr)
+    return 1
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    if not 1 <= args.shards <= MAX_SHARDS:
+        print(f"relayctl scale: N must be between 1 and {MAX_SHARDS}, got {args.shards}", file=sys.stderr)
+        return 2
+    node = _running_node(args)
+    if node is None:
+        return 1
+    run_dir, pid = node
+    from supervisor.arbiter import SCALE_REQUEST
+
+    request_id = uuid.uuid4().hex
+    # Atomic (temp file + rename): the supervisor never reads half a request.
+    write_status(os.path.join(run_dir, SCALE_REQUEST), {"shards": args.shards, "id": request_id})
+    os.kill(pid, signal.SIGUSR2)
+    print(f"asked relay (pid {pid}) to scale to {args.shards} shards")
+    if not args.wait:
+        return 0
+    return _wait_operation(run_dir, lambda entry, _: entry.get("id") == request_id, args.timeout)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    node = _running_node(args)
+    if node is None:
+        return 1
+    run_dir, pid = node
+    asked = time.time()
+    os.kill(pid, signal.SIGHUP)
+    print(f"asked relay (pid {pid}) to reload: re-read its configuration, replace its shards one at a time")
+    if not args.wait:
+        return 0
+    return _wait_operation(
+        run_dir,
+        lambda entry, when: entry.get("kind") == "reload" and (entry.get(when) or 0) >= asked - 0.5,
+        args.timeout,
+    )
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from supervisor.safety import secure_config
 
+    def load_config() -> RelayConfig:
+        """The node's configuration from its file, flags and environment (re-read on reload)."""
+        return secure_config(config_from_args(args))
+
     try:
-        config = secure_config(config_from_args(args))
+        config = load_config()
     except ConfigError as exc:
         print("invalid configuration:\n" + str(exc), file=sys.stderr)
         return 2
@@ -271,12 +386,15 @@ def cmd_start(args: argparse.Namespace) -> int:
             log.warning("%s=%r accepted but not interpreted: files rotate at 10 MB, 20 kept", key, getattr(config, key))
     from supervisor.arbiter import main_start
 
-    return main_start(config)
+    return main_start(config, reload_config=load_config)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"start": cmd_start, "status": cmd_status, "stop": cmd_stop, "keygen": cmd_keygen}[args.command]
+    handler = {
+        "start": cmd_start, "status": cmd_status, "stop": cmd_stop, "keygen": cmd_keygen,
+        "scale": cmd_scale, "reload": cmd_reload,
+    }[args.command]
     return handler(args)
 
 

@@ -87,6 +87,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     _flag(g, "rest_token_file", "FILE", "file holding the REST bearer token")
     _flag(g, "rest_cors_origins", "LIST", "comma-separated origins allowed by CORS ('*' = any; default: none)")
     _flag(g, "metrics_host", "ADDR", "/metrics bind address (default 127.0.0.1)")
+    _flag(g, "max_start_failures", "N", "failed starts in a row after which a child stops the node (default 5)")
     _flag(g, "max_message_bytes", "BYTES", "largest frame a client may send; bigger ones disconnect it (default 262144)")
     _flag(g, "server_name", "NAME", "name in discovery")
     _flag(g, "server_version", "X.Y.Z", "release announced to clients (0.0.x disables Unity's check)")

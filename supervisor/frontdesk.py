@@ -192,6 +192,9 @@ def run_frontdesk(config_dict: dict, run_dir: str, heartbeat: Any = None) -> Non
         log.error(
             "cannot bind REST bridge on %s:%d: %s", config.rest_host, config.rest_api_port, exc
         )
+        from relay.fatal import record_fatal
+
+        record_fatal(run_dir, "rest", f"cannot bind REST bridge on {config.rest_host}:{config.rest_api_port}: {exc}")
         sys.exit(1)
     log.info("REST bridge on http://%s:%d", config.rest_host, config.rest_api_port)
     try:
