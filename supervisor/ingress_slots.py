@@ -116,6 +116,10 @@ class ShardSlots:
                 if slot < len(old) and old[slot] == incarnation:
                     continue
                 push = self._connect(lane, slot, incarnation)
+                if lane == Lane.CONTROL:
+                    # A worker started before this layout was written routes
+                    # by the one it read at start: first thing, the new one.
+                    self._send_marker(slot, push, marker)
                 if slot < len(old):
                     # A new worker for this slot: what its predecessor was
                     # sent it read up to the marker, so nothing is in flight
