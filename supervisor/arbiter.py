@@ -871,18 +871,16 @@ class Arbiter:
             if not self.config.store:
                 log.warning("no data dir: room state is kept in memory only and lost when a shard restarts")
             return True
-        from shard_worker.store.sqlite_store import StoreError, open_store
+        from shard_worker.store.sqlite_store import StoreError, prepare_cold_start
 
-        for shard in range(self.config.shards):
-            try:
-                store = open_store(self.config.data_dir, shard)
-                # Cold start: no client connection of an earlier run survives.
-                store.clear_members()
-                store.close()
-            except StoreError as exc:
-                log.error("cannot start: %s", exc)
-                print(f"relayctl: cannot start: {exc}", file=sys.stderr)
-                return False
+        try:
+            # Cold start: no client connection or shard process of an earlier
+            # run survives; files of a larger earlier shard count are checked too.
+            prepare_cold_start(self.config.data_dir, self.config.shards)
+        except StoreError as exc:
+            log.error("cannot start: %s", exc)
+            print(f"relayctl: cannot start: {exc}", file=sys.stderr)
+            return False
         return True
 
     def wait_until_started(self) -> bool:

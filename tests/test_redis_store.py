@@ -87,6 +87,35 @@ def test_a_dead_predecessor_of_the_same_slot_is_taken_over_at_once(valkey) -> No
         shard(url, "a", 0, epoch=2, pid=400).acquire("room")
 
 
+def test_a_new_incarnation_of_a_slot_waits_for_the_live_old_one(valkey) -> None:
+    url = valkey.fresh_db_url()
+
+    def slot0(pid: int, incarnation: int) -> RedisRoomStore:
+        return RedisRoomStore(url, LeaseOwner("a", 1, 0, pid, incarnation=incarnation), lease_ttl=2.0,
+                              retry_interval=0.1)
+
+    old = slot0(100, 0)
+    t1 = old.acquire("room")
+    old.apply([("global", "room", "k", "old", 1, 1)])
+    # A reload started incarnation 1 of slot 0 while incarnation 0 still serves.
+    new = slot0(200, 1)
+    with pytest.raises(LeaseBusy) as busy:
+        new.acquire("room")
+    assert busy.value.holder == "a/1/0.0/100"
+    # Incarnation 0 crashed and the supervisor restarted it (same slot and
+    # incarnation, new pid): a dead predecessor, taken over at once.
+    restarted = slot0(300, 0)
+    t2 = restarted.acquire("room")
+    assert t2 > t1
+    with pytest.raises(LeaseBusy):
+        new.acquire("room")
+    restarted.release(["room"])  # the hand-over
+    t3 = new.acquire("room")
+    assert t3 > t2
+    snap = new.load_room("room")
+    assert snap is not None and snap.globals == {"k": ("old", 1, 1)}
+
+
 def test_members_of_a_dead_node_incarnation_are_not_loaded(valkey) -> None:
     url = valkey.fresh_db_url()
     old = shard(url, "a", epoch=1)

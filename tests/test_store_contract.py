@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shard_worker.store.base import RoomSnapshot, RoomStore
+from shard_worker.store.base import LeaseBusy, RoomSnapshot, RoomStore
 from shard_worker.store.redis_store import LeaseOwner, RedisRoomStore
 from shard_worker.store.sqlite_store import open_store
 
@@ -40,6 +40,36 @@ def reopen(store: RoomStore, tmp_path: Path) -> RoomStore:
     assert isinstance(store, RedisRoomStore)
     again = RedisRoomStore(store.url, LeaseOwner("n1", 1, 0, os.getpid() + 1))
     return again
+
+
+def second_shard(store: RoomStore, tmp_path: Path) -> RoomStore:
+    """Another live shard of the same node, on the same durable state."""
+    if store.kind == "sqlite":
+        return open_store(str(tmp_path / "data"), 1)
+    assert isinstance(store, RedisRoomStore)
+    return RedisRoomStore(store.url, LeaseOwner("n1", 1, 1, os.getpid()))  # shard 1 of the node
+
+
+def test_lease_is_exclusive_and_the_next_holder_gets_the_state(store: RoomStore, tmp_path: Path) -> None:
+    other = second_shard(store, tmp_path)
+    try:
+        token = store.acquire("room")
+        assert store.acquire("room") == token  # confirming keeps the token
+        store.apply([("device", "room", "d", 1, 2), ("global", "room", "g", "v", 1, 1),
+                     ("member", "room", "d", b"id", False)])
+        with pytest.raises(LeaseBusy):
+            other.acquire("room")
+        assert store.renew(["room"]) == []
+        store.release(["room"])
+        assert other.acquire("room") > token
+        assert other.renew(["room"]) == []
+        snap = other.load_room("room")
+        assert snap == RoomSnapshot(room_id="room", devices={"d": 1}, next_client_no=2, write_seq=1,
+                                    globals={"g": ("v", 1, 1)}, members={"d": (b"id", False)})
+        with pytest.raises(LeaseBusy):
+            store.acquire("room")
+    finally:
+        other.close()
 
 
 def test_unknown_room_loads_as_none(store: RoomStore) -> None:

@@ -23,12 +23,17 @@ def open_room_store(
 
     ``member_stamp`` and ``member_alive`` tell the shared store which node
     incarnation holds a member's connection (cluster view), so members of a
-    node that died are not loaded back.
+    node that died are not loaded back. ``incarnation`` counts the processes
+    started for this shard slot by reloads: a new incarnation waits for the
+    old one to hand its rooms over, where a restarted crashed process (same
+    incarnation) takes them at once.
     """
     if config.store:
         from shard_worker.store.redis_store import LeaseOwner, open_redis_store
 
-        owner = LeaseOwner(node_id=node_id, epoch=epoch, shard=shard_index, pid=os.getpid())
+        owner = LeaseOwner(
+            node_id=node_id, epoch=epoch, shard=shard_index, pid=os.getpid(), incarnation=incarnation
+        )
         return open_redis_store(
             config.store,
             owner,
@@ -43,5 +48,5 @@ def open_room_store(
         # A lock wait must end before the heartbeat timeout would declare the
         # shard dead (sqlite_store.py).
         busy = min(_BUSY_TIMEOUT_S, config.heartbeat_timeout / 3)
-        return open_store(config.data_dir, shard_index, busy_timeout=busy)
+        return open_store(config.data_dir, shard_index, busy_timeout=busy, incarnation=incarnation)
     return None

@@ -8,7 +8,7 @@ the lease and its whole batch for that room is refused, never half-applied.
 Key layout of one room (``P`` = ``<prefix>r:{<room id>}:``, one hash tag so a
 room's keys stay together on a Redis Cluster slot)::
 
-    P lease     hash   owner, node, epoch, shard, token   (PX = lease TTL)
+    P lease     hash   owner, node, epoch, shard ("slot.incarnation"), token   (PX = lease TTL)
     P fence     string fencing counter, +1 on every takeover, never reset
     P meta      hash   next_client_no, write_seq, assign_ctr, member_ctr
     P devices   hash   device id -> client number
@@ -32,7 +32,9 @@ from __future__ import annotations
 # -> {1, token} granted | {0, pttl_ms, holder} busy.
 # A holder with our node id is dead if it is of another node epoch (the node
 # restarted: node ids are unique among live nodes) or of our own shard slot
-# (the supervisor starts a shard only after its predecessor is gone).
+# and incarnation, "k.i" (the supervisor restarts a crashed shard only after
+# it is gone). A live older incarnation of the slot (a reload in progress)
+# is waited for like any other holder.
 ACQUIRE = """
 local cur = redis.call('HMGET', KEYS[1], 'owner', 'node', 'epoch', 'shard', 'token')
 if cur[1] then

@@ -61,16 +61,32 @@ _RENEW_CHUNK = 500
 
 @dataclass(frozen=True)
 class LeaseOwner:
-    """Who holds a lease: one shard process of one node incarnation."""
+    """Who holds a lease: one shard process of one node incarnation.
+
+    ``incarnation`` counts the processes a reload (SIGHUP) started for the
+    shard slot; a crashed process restarted by the supervisor keeps it.
+    """
 
     node_id: str
     epoch: int
     shard: int
     pid: int
+    incarnation: int = 0
+
+    @property
+    def slot(self) -> str:
+        """The ``shard`` field the lease scripts compare: "slot.incarnation".
+
+        A lease of our node incarnation with the same value was held by a dead
+        predecessor (the supervisor starts a process only after the one it
+        replaces is gone) and is taken over at once. Another incarnation of
+        the slot may still be alive, handing its rooms over: it is waited for.
+        """
+        return f"{self.shard}.{self.incarnation}"
 
     @property
     def owner(self) -> str:
-        return f"{self.node_id}/{self.epoch}/{self.shard}/{self.pid}"
+        return f"{self.node_id}/{self.epoch}/{self.slot}/{self.pid}"
 
 
 def pack_var(value: str, writer: int, seq: int) -> bytes:
@@ -179,7 +195,7 @@ class RedisRoomStore:
 
     def _lease_args(self) -> list[str | int]:
         me = self.me
-        return [me.owner, me.node_id, me.epoch, me.shard]
+        return [me.owner, me.node_id, me.epoch, me.slot]
 
     def acquire(self, room_id: str) -> int:
         if self._health.degraded:

@@ -7,7 +7,7 @@ ownership; and current members with their control identity, so that a shard
 restarted after a crash still reaches its clients (a cold start clears them).
 Poses and timers are ephemeral and never reach this file.
 
-The worker is single-threaded and owns its file alone. Once per loop turn it
+The worker is single-threaded and the only writer of its rooms. Once per loop turn it
 hands the change records its rooms produced to :meth:`SqliteRoomStore.apply`
 *before* sending any message that announces them, so anything a client has
 seen is on disk even if the process is SIGKILLed right afterwards. A restarted
@@ -15,20 +15,32 @@ worker reloads a room lazily with :meth:`SqliteRoomStore.load_room`.
 
 Change records are listed in ``shard_worker/store/base.py``.
 
-Leases: the file is the lease. One shard process owns its file (the
-supervisor never runs two workers of one shard index), and a node on this
-store is a single-node deployment, so acquiring, renewing and releasing a
-room cannot conflict with anybody and cost nothing.
+Leases and moving rooms: a room can move between shard processes of the
+node (``relayctl scale`` changes the slot it hashes to; SIGHUP replaces a
+slot's process with a new incarnation). A shard takes the room's lease in the
+node-wide table ``data_dir/leases.sqlite3`` (``sqlite_leases.py``) before it
+loads the room, so one process at a time serves and writes it. The lease row
+also records the room's *home*, the shard file that holds its rows: a shard
+that acquires a room homed in another file moves the rows into its own file
+first (:meth:`SqliteRoomStore.acquire`), so each shard still reads and writes
+only its own file. A file opened on its own (``SqliteRoomStore(path)``: tools,
+tests) has no lease table and takes every lease at once.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 from shard_worker.store.base import ChangeRecord, RoomSnapshot, StoreError, StoreHealth
+from shard_worker.store.sqlite_leases import SqliteLeases
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -36,6 +48,7 @@ __all__ = [
     "SqliteRoomStore",
     "StoreError",
     "open_store",
+    "prepare_cold_start",
     "shard_store_path",
 ]
 
@@ -54,8 +67,10 @@ CREATE TABLE object_poses (
 """
 _UPGRADES = {"1": _OBJECT_POSES_TABLE}
 
-# A worker owns its file alone, so the lock is only ever contended by an
-# operator's sqlite3 shell or a predecessor that has not quite exited yet.
+# The lock of a file is contended only briefly: by an operator's sqlite3
+# shell, a predecessor that has not quite exited yet, the old incarnation of
+# the slot during a reload, or another shard moving a room out of the file
+# (one short transaction). The lease table takes the same timeout.
 # Waiting is done inside the worker's loop, which sends no heartbeat
 # meanwhile: the wait must end (with a StoreError, so the shard exits and is
 # restarted with a clear reason) well before the supervisor's heartbeat
@@ -304,8 +319,24 @@ class SqliteRoomStore:
 
     kind = "sqlite"
 
-    def __init__(self, path: str, busy_timeout: float = _BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        path: str,
+        busy_timeout: float = _BUSY_TIMEOUT_S,
+        *,
+        leases: SqliteLeases | None = None,
+        shard_index: int | None = None,
+    ) -> None:
+        """``leases`` and ``shard_index`` (this file is ``shard-{index}``) come
+        together, from :func:`open_store`; without them the file stands alone."""
         self.path = path
+        self.busy_timeout = busy_timeout
+        self.leases = leases
+        self.index = shard_index
+        self.data_dir = os.path.dirname(os.path.abspath(path))
+        # Other shards' files, opened on first need to look a room up.
+        self._peers: dict[int, sqlite3.Connection] = {}
+        self._columns: dict[str, str] = {}
         self._db: sqlite3.Connection | None = None
         try:
             parent = os.path.dirname(os.path.abspath(path))
@@ -400,6 +431,9 @@ class SqliteRoomStore:
         db.execute("COMMIT")
 
     def _abandon(self) -> None:
+        self._close_peers()
+        if self.leases is not None:
+            self.leases.close()
         if self._db is not None:
             try:
                 self._db.close()
@@ -418,7 +452,8 @@ class SqliteRoomStore:
         """Write one loop turn's change records in one transaction, in order.
 
         Returns only once the transaction is committed (and never refuses a
-        room: the file is the lease). Unknown record kinds
+        room: a shard releases a lease only after journalling the room's last
+        records, and nothing takes the lease of a live process). Unknown record kinds
         or wrong arity raise ValueError and nothing of the turn is written.
         """
         if not changes:
@@ -448,14 +483,188 @@ class SqliteRoomStore:
     # ---------------------------------------------------------------- leases
 
     def acquire(self, room_id: str) -> int:
-        """The file is the lease: a single-node store has one owner per room."""
-        return 1
+        """Take the room's lease and bring its rows into this file; return the token.
+
+        Raises :class:`LeaseBusy` while another live shard process holds the
+        room (it is handing it over: the caller holds the room's messages and
+        retries).
+        """
+        leases = self.leases
+        if leases is None or self.index is None:
+            return 1  # a file on its own: nobody to share its rooms with
+        token, home = leases.acquire(room_id)
+        if home == self.index:
+            return token
+        try:
+            self._bring_home(room_id, home)
+        except BaseException:
+            # Nothing of the room is served from here: let the next try (ours
+            # or another shard's) start over.
+            try:
+                leases.release([room_id])
+            except StoreError:
+                pass
+            raise
+        return token
+
+    def _bring_home(self, room_id: str, home: int | None) -> None:
+        """Make this file hold the room's live rows and record it as their home."""
+        assert self.leases is not None and self.index is not None
+        stale: list[int] = []
+        if home is not None and not os.path.exists(shard_store_path(self.data_dir, home)):
+            home = None  # its file was removed by hand: look for other copies
+        if home is None:
+            # Stored before the lease table knew it (or a node restarted with
+            # another shard count): search every shard file. Several copies
+            # come from layouts that placed the room differently; the one
+            # written last (highest write_seq) is the live one.
+            copies = self._find_copies(room_id)
+            if copies:
+                home = max(copies, key=lambda k: (copies[k], -k))
+                stale = [k for k in copies if k not in (home, self.index)]
+        if home is None or home == self.index:
+            self.leases.set_home(room_id, self.index)
+        else:
+            self._move_in(room_id, home)
+        for k in stale:
+            # Harmless once the home is recorded, only wasted space.
+            self._delete_from(room_id, k)
+
+    def _find_copies(self, room_id: str) -> dict[int, int]:
+        """Shard file index -> rooms.write_seq of every file that has the room."""
+        found: dict[int, int] = {}
+        for k in shard_indexes(self.data_dir):
+            db = self._conn() if k == self.index else self._peer(k)
+            try:
+                row = db.execute("SELECT write_seq FROM rooms WHERE room_id = ?", (room_id,)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(
+                    shard_store_path(self.data_dir, k), f"cannot look up room {room_id!r}: {exc}"
+                ) from exc
+            if row:
+                found[k] = row[0][0]
+        return found
+
+    def _peer(self, k: int) -> sqlite3.Connection:
+        db = self._peers.get(k)
+        if db is None:
+            path = shard_store_path(self.data_dir, k)
+            try:
+                # mode=rw: a lookup must never create a file.
+                db = sqlite3.connect(
+                    Path(path).as_uri() + "?mode=rw", uri=True,
+                    timeout=self.busy_timeout, isolation_level=None,
+                )
+            except sqlite3.Error as exc:
+                raise StoreError(path, f"cannot open: {exc}") from exc
+            self._peers[k] = db
+        return db
+
+    def _close_peers(self) -> None:
+        for db in self._peers.values():
+            try:
+                db.close()
+            except sqlite3.Error:
+                pass
+        self._peers.clear()
+
+    def _column_list(self, table: str) -> str:
+        cols = self._columns.get(table)
+        if cols is None:
+            names = [row[1] for row in self._conn().execute(f"PRAGMA main.table_info({table})")]
+            cols = self._columns[table] = ", ".join(names)
+        return cols
+
+    def _move_in(self, room_id: str, source: int) -> None:
+        """Move the room's rows from shard file ``source`` into this one.
+
+        Three steps, each committed before the next. The lease's ``home``
+        names the live copy, and is switched only once the copy exists:
+
+        1. one transaction on this file: drop whatever this file has of the
+           room (a stale copy from an earlier, interrupted move) and copy the
+           source's rows in;
+        2. ``home`` := this file;
+        3. one transaction on the source file: delete the room's rows.
+
+        A crash after 1 leaves two equal copies with ``home`` on the source:
+        the next acquire moves it again. A crash after 2 leaves a stale copy
+        in the source, which the next move out of this file overwrites
+        (step 1 of that move). Either way a copy is lost only after another
+        copy is live, never before.
+
+        The source file may be in use by its own shard, which writes its
+        other rooms meanwhile, never this one (it released the lease after
+        journalling the room's last records): SQLite's locks and the busy
+        timeout order the two writers.
+        """
+        assert self.leases is not None and self.index is not None
+        db = self._conn()
+        source_path = shard_store_path(self.data_dir, source)
+        key = (room_id,)
+        try:
+            db.execute("ATTACH DATABASE ? AS src", (source_path,))
+        except sqlite3.Error as exc:
+            raise StoreError(source_path, f"cannot attach to move room {room_id!r}: {exc}") from exc
+        try:
+            # Step 1. A deferred BEGIN with a write to main first: the write
+            # lock is taken on this file only (BEGIN IMMEDIATE would also lock
+            # the source, stalling its shard), the source is only read.
+            try:
+                db.execute("BEGIN")
+                for table in _ROOM_TABLES:
+                    db.execute(f"DELETE FROM main.{table} WHERE room_id = ?", key)
+                for table in _ROOM_TABLES:
+                    cols = self._column_list(table)
+                    db.execute(
+                        f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table} WHERE room_id = ?",
+                        key,
+                    )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(db)
+                raise StoreError(self.path, f"cannot move room {room_id!r} in from {source_path}: {exc}") from exc
+            # Step 2.
+            self.leases.set_home(room_id, self.index)
+            # Step 3. Failing here only leaves a stale copy behind.
+            try:
+                db.execute("BEGIN")
+                for table in _ROOM_TABLES:
+                    db.execute(f"DELETE FROM src.{table} WHERE room_id = ?", key)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(db)
+                log.warning("room %r moved in from %s, but its old copy there stays: %s",
+                            room_id, source_path, exc)
+        finally:
+            try:
+                db.execute("DETACH DATABASE src")
+            except sqlite3.Error as exc:
+                log.warning("cannot detach %s: %s", source_path, exc)
+
+    def _delete_from(self, room_id: str, k: int) -> None:
+        """Drop a stale copy of a room from shard file ``k`` (best effort)."""
+        db = self._peer(k)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for table in _ROOM_TABLES:
+                db.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(db)
+            log.warning("stale copy of room %r stays in %s: %s",
+                        room_id, shard_store_path(self.data_dir, k), exc)
 
     def release(self, room_ids: Iterable[str]) -> None:
-        """Nothing to hand over: no other shard can load this file's rooms."""
+        """Hand the rooms over: their rows stay here, recorded as their home."""
+        if self.leases is not None:
+            self.leases.release(room_ids)
 
     def renew(self, room_ids: Iterable[str]) -> list[str]:
-        return []
+        """The rooms whose lease this process no longer holds (they never expire)."""
+        if self.leases is None:
+            return []
+        return self.leases.renew(room_ids)
 
     def maintain(self, now: float) -> None:
         """A local file needs no reconnecting; errors surface in apply."""
@@ -544,11 +753,24 @@ class SqliteRoomStore:
     # --------------------------------------------------------------- closing
 
     def close(self) -> None:
-        """Commit, fold the WAL into the main file, close. Safe to call twice."""
+        """Hand every lease over, commit, fold the WAL into the main file, close.
+
+        Safe to call twice.
+        """
         db = self._db
         if db is None:
             return
         self._db = None
+        self._close_peers()
+        if self.leases is not None:
+            # A graceful stop is a hand-over: whoever serves these rooms next
+            # (a new incarnation, another slot) takes them at once.
+            try:
+                self.leases.release_all()
+            except StoreError as exc:
+                log.warning("leases not released on close (taken over once this process is gone): %s", exc)
+            finally:
+                self.leases.close()
         try:
             db.commit()
             # TRUNCATE leaves a single self-contained file behind, which is
@@ -571,14 +793,71 @@ def shard_store_path(data_dir: str, shard_index: int) -> str:
     return os.path.join(data_dir, f"shard-{shard_index}.sqlite3")
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # a failed COMMIT may already have rolled back
+
+
+_SHARD_FILE = re.compile(r"shard-(\d+)\.sqlite3")
+
+
+def shard_indexes(data_dir: str) -> list[int]:
+    """Indexes of the shard files present in ``data_dir``, ascending."""
+    try:
+        names = os.listdir(data_dir)
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise StoreError(data_dir, f"cannot list the data dir: {exc}") from exc
+    found = (_SHARD_FILE.fullmatch(name) for name in names)
+    return sorted(int(m.group(1)) for m in found if m)
+
+
 def open_store(
-    data_dir: str, shard_index: int, busy_timeout: float = _BUSY_TIMEOUT_S
+    data_dir: str, shard_index: int, busy_timeout: float = _BUSY_TIMEOUT_S, incarnation: int = 0
 ) -> SqliteRoomStore:
-    """Open (or create) a shard's store; every failure is a StoreError naming the file."""
+    """Open (or create) a shard's store with the node's lease table.
+
+    ``incarnation`` tells processes of one slot apart (a reload starts a new
+    one while the old one still hands its rooms over). Every failure is a
+    StoreError naming the file.
+    """
     path = shard_store_path(data_dir, shard_index)
     try:
-        return SqliteRoomStore(path, busy_timeout)
+        store = SqliteRoomStore(path, busy_timeout)
     except StoreError:
         raise
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(path, f"cannot open: {exc}") from exc
+    try:
+        store.leases = SqliteLeases(data_dir, f"{shard_index}.{incarnation}", busy_timeout)
+    except BaseException:
+        store.close()
+        raise
+    store.index = shard_index
+    return store
+
+
+def prepare_cold_start(data_dir: str, shards: int, busy_timeout: float = _BUSY_TIMEOUT_S) -> None:
+    """Ready ``data_dir`` for a node that starts with no shard process running.
+
+    Checks (and upgrades) every shard file: those of ``range(shards)`` and any
+    other left by an earlier, larger shard count, whose rooms the shards find
+    and move in when they are used. No client connection and no process of an
+    earlier run survives: members and lease holders are cleared, homes stay.
+    Raises StoreError naming the first unusable file.
+    """
+    for k in sorted(set(range(shards)) | set(shard_indexes(data_dir))):
+        store = SqliteRoomStore(shard_store_path(data_dir, k), busy_timeout)
+        try:
+            store.clear_members()
+        finally:
+            store.close()
+    leases = SqliteLeases(data_dir, "cold-start", busy_timeout)
+    try:
+        leases.clear_holders()
+    finally:
+        leases.close()
