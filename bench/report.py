@@ -245,6 +245,30 @@ def headline(result: dict[str, Any]) -> list[str]:
                     f"overload {label} p99 {r} vs {other}: {mine:.1f} ms vs {theirs:.1f} ms "
                     f"(x{mine / theirs:.2f}){extra}"
                 )
+    lines += fanout_lines(result)
+    return lines
+
+
+def fanout_lines(result: dict[str, Any]) -> list[str]:
+    """Heavy control fan-out and the noisy-neighbour points against the bare forwarder
+    (issue "Control latency under heavy fan-out": RPC p99 <= 1.5x, CPU per message
+    <= 1.3x, noisy-neighbour overload RPC p99 <= 2x)."""
+    lines = []
+    for key in ("heavy", "heavy-nn", "overload-nn"):
+        points = {p["server"]: p["summary"] for p in result["points"] if p["scenario"] == key and "summary" in p}
+        bare = points.get("bare")
+        for name, s in points.items():
+            if not name.startswith("relay"):
+                continue
+            rpc, cpu = s["rpc"], s["server"]["cpu_ms_per_1k_msgs"]
+            text = (f"{key} {name}: RPC p50/p99/max {_f(rpc['p50'])}/{_f(rpc['p99'])}/{_f(rpc['max'])} ms, "
+                    f"CPU {_f(cpu)} ms per 1k msgs")
+            if bare is not None and bare["rpc"]["p99"] and rpc["p99"] is not None:
+                text += f"; vs bare RPC p99 x{rpc['p99'] / bare['rpc']['p99']:.2f}"
+                bare_cpu = bare["server"]["cpu_ms_per_1k_msgs"]
+                if cpu and bare_cpu:
+                    text += f", CPU per message x{cpu / bare_cpu:.2f}"
+            lines.append(text)
     return lines
 
 

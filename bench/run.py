@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import relay_diagnostics, report
 from bench.loadgen import LoadConfig
 from bench.loadgen import run as run_load
 from bench.servers import ServerKind, ServerProcess
@@ -44,6 +44,10 @@ class Scenario:
     rpc_hz: float = 1.0  # per room
     nv_hz: float = 0.5  # per room
     relay_extra: list[str] = field(default_factory=list)
+    # Every server in its own session: with kernel autogroup, the server's
+    # processes share one group's CPU against the load generator's group
+    # (the noisy-neighbour condition; bench/servers.py).
+    isolated: bool = False
 
     @property
     def total(self) -> int:
@@ -76,6 +80,11 @@ def full_plan() -> Plan:
             Scenario("small", "small: 1 room x 20", 1, 20, rpc_hz=10.0, nv_hz=4.0),
             Scenario("many", "many rooms: 20 x 20", 20, 20, rpc_hz=1.0, nv_hz=0.5),
             Scenario("big", "one big room: 1 x 150", 1, 150, rpc_hz=5.0, nv_hz=2.0),
+            # Control fan-out as heavy as transform fan-out: per room two probes
+            # each send an RPC every 200 ms and an NV write every 500 ms.
+            Scenario("heavy", "heavy fan-out: 20 x 30", 20, 30, rpc_hz=10.0, nv_hz=4.0),
+            Scenario("heavy-nn", "heavy fan-out, noisy neighbour: 20 x 30", 20, 30, rpc_hz=10.0,
+                     nv_hz=4.0, isolated=True),
             # Control latency while transforms arrive at 6x the broadcast
             # rate (coalesced latest-only), relay on its default budget.
             Scenario("overload", "overload: 1 x 250 at 60 Hz", 1, 250, pose_hz=60.0, rpc_hz=10.0, nv_hz=4.0),
@@ -90,6 +99,8 @@ def full_plan() -> Plan:
                 nv_hz=4.0,
                 relay_extra=["--transform-budget-bytes-per-sec", str(budget)],
             ),
+            Scenario("overload-nn", "overload, noisy neighbour: 1 x 250 at 60 Hz", 1, 250, pose_hz=60.0,
+                     rpc_hz=10.0, nv_hz=4.0, isolated=True),
         ],
         ramp_rooms=20,
         ramp_levels=[5, 8, 10, 15, 20, 30, 40, 50, 60, 70, 80, 90, 100],
@@ -187,7 +198,7 @@ class Runner:
         sp = ServerProcess(
             server,
             extra=sc.relay_extra if server.kind == "relay" else [],
-            isolate_session=self.isolate_sessions,
+            isolate_session=self.isolate_sessions or sc.isolated,
         )
         t_point = time.monotonic()
         try:
@@ -237,6 +248,9 @@ class Runner:
             ok, why = slo(summary)
             rec.update(summary=summary, slo_ok=ok, slo_reason=why)
             _log(f"{server.name:9s} {sc.key:10s} {report.one_line(summary)} SLO {why}")
+            if server.kind == "relay":
+                rec["relay_diagnostics"] = relay_diagnostics.collect(sp.tmp / "run")
+                _log(f"{'':9s} {'':10s} {relay_diagnostics.hop_line(rec['relay_diagnostics'])}")
         except Exception as exc:  # keep going: one broken point must not lose the run
             rec["error"] = f"{type(exc).__name__}: {exc}"
             _log(f"{server.name} {sc.key}: ERROR {rec['error']}\n{sp.log_tail()}")

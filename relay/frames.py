@@ -38,8 +38,16 @@ import struct
 
 from relay.protocol.messages import Lane
 
-HEADER = struct.Struct("<BHq")  # lane, origin node id, receive time (monotonic ns)
+# Unicast header: lane, node number, then the clock (monotonic ns) at each hop
+# of the control message that caused it: ingress receive, shard read of its
+# batch, shard rules done (queued), shard send to the egress. The ingress
+# turns them into the per-hop breakdown of control latency (0 = not caused by
+# a message, e.g. a timer's flush; CLOCK_MONOTONIC is one clock for all the
+# processes of a machine, and hops are only measured for this node's shards).
+HEADER = struct.Struct("<BHqqqq")
 HEADER_SIZE = HEADER.size
+_SENT_AT = struct.Struct("<q")
+_SENT_OFFSET = HEADER_SIZE - _SENT_AT.size
 LOCAL_NODE = 0
 
 
@@ -57,7 +65,7 @@ CREDIT_TAG = 0xFF
 # Epoch of a credit sent by a shard at start: "everything before me is gone".
 RESET_EPOCH = 0
 # A credit frame must never be mistaken for a unicast header (and vice versa).
-assert CREDIT.size != struct.calcsize("<BHq")
+assert CREDIT.size != HEADER_SIZE
 
 
 def batch_mark(frame: bytes) -> tuple[int, int, int]:
@@ -170,9 +178,16 @@ def unicast_frames(
     identities: list[bytes] | tuple[bytes, ...],
     recv_ns: int = 0,
     node: int = LOCAL_NODE,
+    read_ns: int = 0,
+    queued_ns: int = 0,
 ) -> list[bytes]:
     """A unicast for the clients ``identities``, all connected to node ``node``."""
-    return [HEADER.pack(Lane.CONTROL, node, recv_ns), room_id, payload, *identities]
+    return [HEADER.pack(Lane.CONTROL, node, recv_ns, read_ns, queued_ns, 0), room_id, payload, *identities]
+
+
+def stamp_sent(header: bytes, now_ns: int) -> bytes:
+    """The unicast header with the shard's send time filled in."""
+    return header[:_SENT_OFFSET] + _SENT_AT.pack(now_ns)
 
 
 # Control-lane routing ids are tagged with the number of the node whose

@@ -35,3 +35,36 @@ class LatencyHistogram:
             running += c
             cumulative.append(running)
         return {"bounds": list(self.bounds), "cumulative": cumulative, "sum": self.total, "count": self.count}
+
+
+# Finer at the low end: one hop of a control message takes tens of microseconds.
+HOP_BUCKETS = (
+    0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+)
+HOPS = ("ingress_to_shard", "shard_rules", "shard_queue", "egress_pipe", "router_send")
+
+
+class ControlHops:
+    """Where a control message's time goes, hop by hop (relay/frames.py HEADER):
+
+    ingress receive -> shard reads its batch -> rules done, reply queued ->
+    shard sends it to the egress -> ingress receives it -> ROUTER send done.
+    Each hop keeps a histogram and its maximum.
+    """
+
+    __slots__ = ("hists", "max_s")
+
+    def __init__(self) -> None:
+        self.hists = [LatencyHistogram(HOP_BUCKETS) for _ in HOPS]
+        self.max_s = [0.0] * len(HOPS)
+
+    def observe(self, *stamps_ns: int) -> None:
+        """Six clock readings (ns), one per hop boundary."""
+        for i in range(len(HOPS)):
+            spent = (stamps_ns[i + 1] - stamps_ns[i]) / 1e9
+            self.hists[i].observe(spent)
+            if spent > self.max_s[i]:
+                self.max_s[i] = spent
+
+    def to_dict(self) -> dict:
+        return {name: {**h.to_dict(), "max": m} for name, h, m in zip(HOPS, self.hists, self.max_s, strict=True)}

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from time import monotonic_ns
 from typing import Any
 
 import orjson
@@ -35,11 +36,13 @@ from relay.frames import (
     iter_batch,
     node_tag,
     parse_marker,
+    stamp_sent,
     tag_of,
     unicast_frames,
 )
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
+from relay.slow_turns import SlowTurns
 from relay.status import write_status
 from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
@@ -135,6 +138,7 @@ class ShardWorker:
         # and what was last reported back (the ingress's credit, frames.py).
         self._read_marks: dict[int, tuple[int, int, int]] = {}
         self._reported_marks: dict[int, tuple[int, int, int]] = {}
+        self.slow_turns = SlowTurns()
         # First thing after start: release what a predecessor held (frames.py).
         self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
 
@@ -214,6 +218,8 @@ class ShardWorker:
     def _turn(self) -> None:
         now = time.monotonic()
         events = dict(self.poller.poll(self._poll_timeout_ms(now)))
+        turn = self.slow_turns
+        turn.begin()
         now = time.monotonic()
         drain_budget = self.config.ctrl_drain_batch
         # Control first: transforms waiting in their own pipe cannot delay it,
@@ -226,9 +232,12 @@ class ShardWorker:
             control_in = True
         if self.control_inbox in events:
             self._read_inbox(self.control_inbox, CONTROL_BATCH, now, Lane.CONTROL)
+        turn.mark("control_rules")
         if control_in:
             self._journal()
+            turn.mark("control_journal")
             drain_budget -= self._send_control(drain_budget)
+            turn.mark("control_send")
         if self.transform_inbox in events:
             self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now, Lane.TRANSFORM)
         if links is not None and links.inlets[Lane.TRANSFORM] in events:
@@ -237,24 +246,31 @@ class ShardWorker:
             self._read_admin(self.admin_sock, now)
         if links is not None and links.admin in events:
             self._read_admin(links.admin, now)
+        turn.mark("transform_admin")
         if self.state.held:
             self._enqueue(self.state.retry_held(now), 0)
         self._cluster_upkeep(now)
+        turn.mark("held_upkeep")
         unicasts, broadcasts = self.state.tick(now, len(self.control))
         self._enqueue(unicasts, 0)
         for topic, payload, fanout in broadcasts:
             self.pending.put(topic, payload, fanout)
+        turn.mark("timers")
         self._journal()
         self._release_evicted()
+        turn.mark("journal")
         self._send_control(drain_budget)
         self._send_broadcasts(now)
         if self._reset_lanes or self._read_marks != self._reported_marks:
             self._send_credit()
+        turn.mark("send")
         if self.heartbeat is not None:
             self.heartbeat.value = now
         if now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL
             self._write_status()
+            turn.mark("status")
+        turn.end(rooms=len(self.state.rooms), ctrl_queue=len(self.control))
 
     def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float, lane: int, *, credit: bool = True) -> None:
         """Handle up to ``batch`` messages (whole ingress batches) from one lane.
@@ -285,11 +301,12 @@ class ShardWorker:
                     if mark[0] != RESET_EPOCH:
                         self._read_marks[lane] = mark
                 before = handled
+                read_ns = monotonic_ns()
                 for _lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)
                     if out:
-                        self._enqueue(out, recv_ns)
+                        self._enqueue(out, recv_ns, read_ns)
                 if not credit:
                     self.counters["forwarded_in"] += handled - before
             except BatchError as exc:
@@ -315,8 +332,12 @@ class ShardWorker:
                 return  # the egress is full; the next turn reports the newer totals
             self._reported_marks[lane] = mark
 
-    def _enqueue(self, unicasts: list, recv_ns: int) -> None:
+    def _enqueue(self, unicasts: list, recv_ns: int, read_ns: int = 0) -> None:
+        """Queue unicasts; ``recv_ns``/``read_ns``: when the message that caused
+        them reached the ingress and this shard (0 for timers), stamped into
+        each frame with the time rules were done (relay/frames.py HEADER)."""
         push = self.control.push
+        queued_ns = monotonic_ns() if read_ns else 0
         out_by_type = self.out_by_type
         number, tag = self.number, self.tag
         single_node = self.links is None or not self.links.remote_nodes
@@ -330,7 +351,7 @@ class ShardWorker:
                     by_node.setdefault(tag_of(identity), []).append(identity)
                 groups = tuple(by_node.items())
             for node, group in groups:
-                if push(unicast_frames(room_bytes, payload, group, recv_ns, node)):
+                if push(unicast_frames(room_bytes, payload, group, recv_ns, node, read_ns, queued_ns)):
                     out_by_type[payload[0]] += len(group)
                     self.counters["unicast_bytes"] += len(payload) * len(group)
                 else:
@@ -472,6 +493,7 @@ class ShardWorker:
         links = self.links
         control = self.control
         sent = 0
+        now_ns = monotonic_ns()
         while sent < budget and len(control):
             frames = control.peek()
             if links is None:
@@ -484,9 +506,12 @@ class ShardWorker:
                 control.pop()
                 self.state.drops.drop("unicast_no_route", f"no egress for node number {node}")
                 continue
+            header = frames[0]
+            frames[0] = stamp_sent(header, now_ns)
             try:
                 sock.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
+                frames[0] = header
                 self.counters["egress_again"] += 1
                 break
             frames = control.pop()
@@ -550,6 +575,7 @@ class ShardWorker:
                 "links": self.links.stats() if self.links is not None else None,
                 "store": vars(self.store.health()) if self.store is not None else None,
                 "broadcast_out_by_type": dict(self.broadcast_by_type),
+                "slow_turns": self.slow_turns.to_dict(),
                 **self.counters,
             }
         )

@@ -43,9 +43,10 @@ from relay.frames import (
     parse_credit,
     routing_marker,
 )
-from relay.histogram import LatencyHistogram
+from relay.histogram import ControlHops, LatencyHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
+from relay.slow_turns import SlowTurns
 from relay.status import write_status
 from supervisor.ingress_links import IngressLinks
 from supervisor.ingress_slots import ShardSlots
@@ -117,6 +118,8 @@ class Ingress:
             on_drop=lambda reason, count: self._drop(reason, "slow or vanished recipient", count),
         )
         self.control_latency = LatencyHistogram()
+        self.control_hops = ControlHops()
+        self.slow_turns = SlowTurns()
         # Credit per (lane, shard): [messages, bytes] pushed, and the totals
         # the shard last reported as read (relay/frames.py). A fresh epoch per
         # ingress process tells its batches from a predecessor's.
@@ -213,18 +216,23 @@ class Ingress:
         try:
             while not self.stopping:
                 events = dict(self.poller.poll(self._poll_timeout_ms(time.monotonic())))
+                turn = self.slow_turns
+                turn.begin()
                 if self.egress in events:
                     self._pump_egress(self.egress)
                 if self.links is not None and self.links.egress in events:
                     self._pump_egress(self.links.egress)
                 if self.outbound.queues:
                     self.counts["unicast_sent"] += self.outbound.retry_due(self._try_send, time.monotonic())
+                turn.mark("egress")
                 control_busy = False
                 if self.control in events:
                     control_busy = self._pump_inbound(self.control, Lane.CONTROL, BATCH)
+                turn.mark("control_in")
                 if self.transform in events:
                     budget = TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH
                     self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
+                turn.mark("transform_in")
                 now = time.monotonic()
                 view = self.view_file.poll(now)
                 if view is not None:
@@ -235,6 +243,8 @@ class Ingress:
                     next_status = now + STATUS_INTERVAL
                     self.drop_log.flush()
                     self._write_status()
+                    turn.mark("status")
+                turn.end()
             # Stop intake; deliver what the shards already handed over.
             self._drain_egress_for_shutdown()
         finally:
@@ -379,7 +389,8 @@ class Ingress:
                     continue
                 self._drop("internal_frame", f"{len(frames)} egress frames")
                 continue
-            _lane, _origin, recv_ns = HEADER.unpack(frames[0])
+            egress_ns = time.monotonic_ns()
+            _lane, _origin, recv_ns, read_ns, queued_ns, sent_ns = HEADER.unpack(frames[0])
             room, payload = frames[1], frames[2]
             if sock is not self.egress:
                 self.counts["remote_unicasts"] += len(frames) - 3
@@ -389,7 +400,10 @@ class Ingress:
                     continue
                 self._send_unicast(identity[TAG_SIZE:], room, payload)
             if recv_ns:
-                self.control_latency.observe((time.monotonic_ns() - recv_ns) / 1e9)
+                done_ns = time.monotonic_ns()
+                self.control_latency.observe((done_ns - recv_ns) / 1e9)
+                if read_ns and sock is self.egress:
+                    self.control_hops.observe(recv_ns, read_ns, queued_ns, sent_ns, egress_ns, done_ns)
 
     def _try_send(self, frames: list[bytes]) -> int:
         try:
@@ -456,6 +470,8 @@ class Ingress:
                 "view_generation": self.router.view.generation,
                 "links": self.links.stats() if self.links is not None else None,
                 "control_latency": self.control_latency.to_dict(),
+                "control_hops": self.control_hops.to_dict(),
+                "slow_turns": self.slow_turns.to_dict(),
             },
         )
 
