@@ -67,12 +67,18 @@ class Stream:
         for sock in (*[r.control for r in self.receivers], *[s.control for s in self.senders]):
             self.poller.register(sock, zmq.POLLIN)
         self._room_of = {r.control: i for i, r in enumerate(self.receivers)}
+        self._next_hello = 0.0
 
     def run_for(self, seconds: float) -> None:
         end = time.perf_counter() + seconds
         next_send = time.perf_counter()
         while time.perf_counter() < end:
             now = time.perf_counter()
+            if now >= self._next_hello:
+                # Members that send nothing else time out (BEHAVIOR §2): stay in.
+                self._next_hello = now + 1.0
+                for client in (*self.senders, *self.receivers):
+                    client.hello()
             if now >= next_send:
                 for i, sender in enumerate(self.senders):
                     sender.send_control(Rpc(0, sender.device_id, (), "p", f"[{i},{time.perf_counter()!r}]"))
