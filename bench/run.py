@@ -331,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(s.name for s in SERVERS),
         help="comma-separated subset of: " + ", ".join(s.name for s in SERVERS),
     )
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario keys to run (default: all)")
+    ap.add_argument("--no-ramp", action="store_true", help="scenarios only, no ramp")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument(
         "--isolate-sessions",
@@ -344,12 +346,20 @@ def main(argv: list[str] | None = None) -> int:
     if not servers:
         ap.error("no known server selected")
     plan = quick_plan() if a.quick else full_plan()
+    partial = bool(a.scenarios) or a.no_ramp
+    if a.scenarios:
+        keys = {k.strip() for k in a.scenarios.split(",") if k.strip()}
+        plan.scenarios = [sc for sc in plan.scenarios if sc.key in keys]
+        if not plan.scenarios:
+            ap.error("no known scenario selected")
+    if a.no_ramp:
+        plan.ramp_levels = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     _log(f"plan {plan.name}: servers {', '.join(s.name for s in servers)}")
     result = Runner(plan, servers, isolate_sessions=a.isolate_sessions).run()
     result["started"] = started
     result["machine"] = report.machine_info()
-    suffix = ("-quick" if a.quick else "") + ("-isolated" if a.isolate_sessions else "")
+    suffix = ("-quick" if a.quick else "") + ("-isolated" if a.isolate_sessions else "") + ("-partial" if partial else "")
     paths = report.write(result, a.out_dir, suffix=suffix)
     if not suffix and a.out_dir.resolve() == RESULTS and report.update_benchmarks_md(
         result, paths["md"]

@@ -44,6 +44,7 @@ from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
 from relay.status import write_status
+from relay.zmq_fast import send_parts
 from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
 from shard_worker.shaping import LatestOnly, TokenBucket
@@ -352,6 +353,7 @@ class ShardWorker:
                 groups = tuple(by_node.items())
             for node, group in groups:
                 if push(unicast_frames(room_bytes, payload, group, recv_ns, node, read_ns, queued_ns)):
+                    self.counters["unicast_recipients"] += len(group)
                     out_by_type[payload[0]] += len(group)
                     self.counters["unicast_bytes"] += len(payload) * len(group)
                 else:
@@ -509,15 +511,14 @@ class ShardWorker:
             header = frames[0]
             frames[0] = stamp_sent(header, now_ns)
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK)
+                send_parts(sock, frames)
             except zmq.Again:
                 frames[0] = header
                 self.counters["egress_again"] += 1
                 break
-            frames = control.pop()
+            control.pop()
             sent += 1
             self.counters["unicast_frames_sent"] += 1
-            self.counters["unicast_recipients"] += len(frames) - 3
         return sent
 
     def _send_broadcasts(self, now: float) -> None:

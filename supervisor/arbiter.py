@@ -102,12 +102,26 @@ def child_main(target: Callable[..., None], run_dir: str, fatal_name: str, *args
 
     A child that records a more precise reason itself before exiting keeps it.
     """
+    # A developer's profile of every child (BENCHMARKS.md, "Where the CPU goes"):
+    # RELAY_PROFILE_DIR=dir writes dir/<child>-<pid>.prof when the child stops.
+    profile_dir = os.environ.get("RELAY_PROFILE_DIR")
+    profiler = None
+    if profile_dir:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         target(*args)
     except Exception as exc:
         if read_fatal(run_dir, fatal_name) is None:
             record_fatal(run_dir, fatal_name, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            os.makedirs(profile_dir, exist_ok=True)
+            profiler.dump_stats(os.path.join(profile_dir, f"{fatal_name}-{os.getpid()}.prof"))
 
 
 def describe_exit(code: int | None) -> str:

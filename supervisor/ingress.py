@@ -39,15 +39,18 @@ from relay.frames import (
     RESET_EPOCH,
     TAG_SIZE,
     BatchBuilder,
+    BatchError,
     node_tag,
     parse_credit,
     routing_marker,
+    unpack_identities,
 )
 from relay.histogram import ControlHops, LatencyHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
 from relay.status import write_status
+from relay.zmq_fast import recv_parts, send_parts
 from supervisor.ingress_links import IngressLinks
 from supervisor.ingress_slots import ShardSlots
 from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
@@ -272,7 +275,6 @@ class Ingress:
 
     def _pump_inbound(self, sock: zmq.Socket, lane: int, budget: int) -> bool:
         """Forward up to ``budget`` messages, batched per shard; True if more may wait."""
-        recv = sock.recv_multipart
         route = self.router.route
         batches = self.batches[lane]
         remote = self.remote_batches[lane]
@@ -283,7 +285,7 @@ class Ingress:
         try:
             while received < budget:
                 try:
-                    frames = recv(zmq.NOBLOCK)
+                    frames = recv_parts(sock)
                 except zmq.Again:
                     more = False
                     break
@@ -377,14 +379,13 @@ class Ingress:
         return True
 
     def _pump_egress(self, sock: zmq.Socket) -> None:
-        recv = sock.recv_multipart
         tag = self.tag
         for _ in range(BATCH):
             try:
-                frames = recv(zmq.NOBLOCK)
+                frames = recv_parts(sock)
             except zmq.Again:
                 return
-            if len(frames) < 4 or len(frames[0]) != HEADER_SIZE:
+            if len(frames) != 4 or len(frames[0]) != HEADER_SIZE:
                 if len(frames) == 1 and self._credit(frames[0]):
                     continue
                 self._drop("internal_frame", f"{len(frames)} egress frames")
@@ -392,9 +393,14 @@ class Ingress:
             egress_ns = time.monotonic_ns()
             _lane, _origin, recv_ns, read_ns, queued_ns, sent_ns = HEADER.unpack(frames[0])
             room, payload = frames[1], frames[2]
+            try:
+                identities = unpack_identities(frames[3])
+            except BatchError as exc:
+                self._drop("internal_frame", str(exc))
+                continue
             if sock is not self.egress:
-                self.counts["remote_unicasts"] += len(frames) - 3
-            for identity in frames[3:]:
+                self.counts["remote_unicasts"] += len(identities)
+            for identity in identities:
                 if identity[:TAG_SIZE] != tag:
                     self._drop("foreign_identity", "unicast for another node's client")
                     continue
@@ -407,7 +413,7 @@ class Ingress:
 
     def _try_send(self, frames: list[bytes]) -> int:
         try:
-            self.control.send_multipart(frames, zmq.NOBLOCK)
+            send_parts(self.control, frames)
             return SENT
         except zmq.Again:
             return WOULDBLOCK

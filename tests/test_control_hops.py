@@ -16,7 +16,7 @@ def test_unicast_header_carries_every_hop_stamp() -> None:
     frames = unicast_frames(b"room", b"\x03payload", [b"id"], 10, 1, 20, 30)
     frames[0] = stamp_sent(frames[0], 40)
     assert HEADER.unpack(frames[0]) == (0, 1, 10, 20, 30, 40)
-    assert frames[1:] == [b"room", b"\x03payload", b"id"]
+    assert frames[1:3] == [b"room", b"\x03payload"]
 
 
 def test_hops_split_the_total_and_keep_the_maximum() -> None:
@@ -75,3 +75,16 @@ def test_a_node_publishes_the_hop_breakdown_of_real_rpcs() -> None:
         finally:
             a.close()
             b.close()
+
+
+def test_identities_travel_packed_in_one_frame() -> None:
+    from relay.frames import BatchError, pack_identities, unpack_identities
+
+    ids = [b"\x00\x01abc", b"\x00\x01" + b"x" * 253, b"\x00\x02"]
+    frames = unicast_frames(b"room", b"\x03p", ids, 1, 2, 3, 4)
+    assert len(frames) == 4 and unpack_identities(frames[3]) == ids
+    assert unpack_identities(pack_identities([])) == []
+    import pytest
+
+    with pytest.raises(BatchError):
+        unpack_identities(pack_identities(ids)[:-1])
