@@ -331,8 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(s.name for s in SERVERS),
         help="comma-separated subset of: " + ", ".join(s.name for s in SERVERS),
     )
-    ap.add_argument("--scenarios", default="", help="comma-separated scenario keys to run (default: all)")
+    ap.add_argument("--scenarios", default="", help="comma-separated scenario keys to run (default: all; 'none' for the ramp only)")
     ap.add_argument("--no-ramp", action="store_true", help="scenarios only, no ramp")
+    ap.add_argument("--ramp-levels", default="", help="comma-separated clients per room (default: the plan's)")
     ap.add_argument("--out-dir", type=Path, default=RESULTS)
     ap.add_argument(
         "--isolate-sessions",
@@ -350,10 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     if a.scenarios:
         keys = {k.strip() for k in a.scenarios.split(",") if k.strip()}
         plan.scenarios = [sc for sc in plan.scenarios if sc.key in keys]
-        if not plan.scenarios:
+        if not plan.scenarios and keys != {"none"}:
             ap.error("no known scenario selected")
     if a.no_ramp:
         plan.ramp_levels = []
+    elif a.ramp_levels:
+        plan.ramp_levels = [int(x) for x in a.ramp_levels.split(",") if x.strip()]
+        partial = True
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     _log(f"plan {plan.name}: servers {', '.join(s.name for s in servers)}")
     result = Runner(plan, servers, isolate_sessions=a.isolate_sessions).run()

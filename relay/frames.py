@@ -35,16 +35,19 @@ new shard was admitted under the bound, so in flight stays below twice it.
 from __future__ import annotations
 
 import struct
+import time
 
 from relay.protocol.messages import Lane
 
 # Unicast header: lane, node number, then the clock (monotonic ns) at each hop
-# of the control message that caused it: ingress receive, shard read of its
-# batch, shard rules done (queued), shard send to the egress. The ingress
+# of the control message that caused it: ingress receive, ingress push of its
+# batch, shard read of the batch, shard rules done (queued), shard send to
+# the egress. The ingress
 # turns them into the per-hop breakdown of control latency (0 = not caused by
-# a message, e.g. a timer's flush; CLOCK_MONOTONIC is one clock for all the
+# a message, e.g. a timer's flush; the batch's push time sits between receive
+# and read; CLOCK_MONOTONIC is one clock for all the
 # processes of a machine, and hops are only measured for this node's shards).
-HEADER = struct.Struct("<BHqqqq")
+HEADER = struct.Struct("<BHqqqqq")
 HEADER_SIZE = HEADER.size
 _SENT_AT = struct.Struct("<q")
 _SENT_OFFSET = HEADER_SIZE - _SENT_AT.size
@@ -55,7 +58,7 @@ LOCAL_NODE = 0
 # bytes pushed -- running totals including this batch), then per message
 # RECORD (receive time ns, identity length, room length, payload length)
 # followed by the identity, room and payload bytes.
-BATCH_HEADER = struct.Struct("<BHIQQ")
+BATCH_HEADER = struct.Struct("<BHIQQq")  # ... and the push time (monotonic ns)
 RECORD = struct.Struct("<qBBI")
 
 # shard -> ingress on the egress pipe, one frame: tag, lane, shard index,
@@ -72,8 +75,13 @@ def batch_mark(frame: bytes) -> tuple[int, int, int]:
     """(ingress epoch, messages pushed, bytes pushed) from a batch header."""
     if len(frame) < BATCH_HEADER.size:
         raise BatchError("short batch header")
-    _lane, _origin, epoch, messages, nbytes = BATCH_HEADER.unpack_from(frame, 0)
+    _lane, _origin, epoch, messages, nbytes, _pushed = BATCH_HEADER.unpack_from(frame, 0)
     return epoch, messages, nbytes
+
+
+def batch_pushed_at(frame: bytes) -> int:
+    """When the ingress pushed this batch (monotonic ns)."""
+    return BATCH_HEADER.unpack_from(frame, 0)[5]
 
 
 def credit_frame(lane: int, shard: int, epoch: int, messages: int, nbytes: int) -> bytes:
@@ -118,7 +126,7 @@ def iter_batch(frame: bytes):
     """Yield (lane, origin, recv_ns, identity, room, payload) for each record."""
     if len(frame) < BATCH_HEADER.size:
         raise BatchError("short batch header")
-    lane, origin, _epoch, _messages, _nbytes = BATCH_HEADER.unpack_from(frame, 0)
+    lane, origin, _epoch, _messages, _nbytes, _pushed = BATCH_HEADER.unpack_from(frame, 0)
     offset = BATCH_HEADER.size
     end = len(frame)
     unpack = RECORD.unpack_from
@@ -157,7 +165,8 @@ class BatchBuilder:
     def take(self, epoch: int = 0, messages_before: int = 0, bytes_before: int = 0) -> bytes:
         """The batch frame; the header carries the totals including this batch."""
         self._parts[0] = BATCH_HEADER.pack(
-            self.lane, self.origin, epoch, messages_before + self.count, bytes_before + self.nbytes
+            self.lane, self.origin, epoch, messages_before + self.count, bytes_before + self.nbytes,
+            time.monotonic_ns(),
         )
         frame = b"".join(self._parts)
         self._parts = [b""]
@@ -178,6 +187,7 @@ def unicast_frames(
     identities: list[bytes] | tuple[bytes, ...],
     recv_ns: int = 0,
     node: int = LOCAL_NODE,
+    pushed_ns: int = 0,
     read_ns: int = 0,
     queued_ns: int = 0,
 ) -> list[bytes]:
@@ -186,7 +196,7 @@ def unicast_frames(
     The identities travel packed in one frame (``pack_identities``): a fan-out
     to 30 members is 4 frames on the egress pipe, not 33.
     """
-    return [HEADER.pack(Lane.CONTROL, node, recv_ns, read_ns, queued_ns, 0), room_id, payload,
+    return [HEADER.pack(Lane.CONTROL, node, recv_ns, pushed_ns, read_ns, queued_ns, 0), room_id, payload,
             pack_identities(identities)]
 
 

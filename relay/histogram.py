@@ -41,14 +41,17 @@ class LatencyHistogram:
 HOP_BUCKETS = (
     0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
 )
-HOPS = ("ingress_to_shard", "shard_rules", "shard_queue", "egress_pipe", "router_send")
+HOPS = ("ingress_batch", "pipe_to_shard", "shard_rules", "shard_queue", "egress_pipe", "router_send")
 
 
 class ControlHops:
     """Where a control message's time goes, hop by hop (relay/frames.py HEADER):
 
-    ingress receive -> shard reads its batch -> rules done, reply queued ->
-    shard sends it to the egress -> ingress receives it -> ROUTER send done.
+    ingress receive -> batch pushed -> shard reads the batch -> rules done,
+    reply queued -> shard sends it to the egress -> ingress receives it ->
+    ROUTER send done. ``pipe_to_shard`` includes the shard's wake-up: a
+    delay there with no slow turn in either process is the scheduler's or
+    ZeroMQ's I/O threads', not the relay's Python code.
     Each hop keeps a histogram and its maximum.
     """
 
@@ -59,7 +62,7 @@ class ControlHops:
         self.max_s = [0.0] * len(HOPS)
 
     def observe(self, *stamps_ns: int) -> None:
-        """Six clock readings (ns), one per hop boundary."""
+        """Seven clock readings (ns), one per hop boundary."""
         for i in range(len(HOPS)):
             spent = (stamps_ns[i + 1] - stamps_ns[i]) / 1e9
             self.hists[i].observe(spent)

@@ -32,6 +32,7 @@ from relay.frames import (
     TAG_SIZE,
     BatchError,
     batch_mark,
+    batch_pushed_at,
     credit_frame,
     iter_batch,
     node_tag,
@@ -302,12 +303,15 @@ class ShardWorker:
                     if mark[0] != RESET_EPOCH:
                         self._read_marks[lane] = mark
                 before = handled
-                read_ns = monotonic_ns()
+                # Hops are timed only for this node's ingress: another node's
+                # clock is not ours (relay/frames.py HEADER).
+                read_ns = monotonic_ns() if credit else 0
+                pushed_ns = batch_pushed_at(frame) if credit else 0
                 for _lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
                     out = handle(lane, identity, room, payload, now)
                     if out:
-                        self._enqueue(out, recv_ns, read_ns)
+                        self._enqueue(out, recv_ns, read_ns, pushed_ns)
                 if not credit:
                     self.counters["forwarded_in"] += handled - before
             except BatchError as exc:
@@ -333,7 +337,7 @@ class ShardWorker:
                 return  # the egress is full; the next turn reports the newer totals
             self._reported_marks[lane] = mark
 
-    def _enqueue(self, unicasts: list, recv_ns: int, read_ns: int = 0) -> None:
+    def _enqueue(self, unicasts: list, recv_ns: int, read_ns: int = 0, pushed_ns: int = 0) -> None:
         """Queue unicasts; ``recv_ns``/``read_ns``: when the message that caused
         them reached the ingress and this shard (0 for timers), stamped into
         each frame with the time rules were done (relay/frames.py HEADER)."""
@@ -352,7 +356,7 @@ class ShardWorker:
                     by_node.setdefault(tag_of(identity), []).append(identity)
                 groups = tuple(by_node.items())
             for node, group in groups:
-                if push(unicast_frames(room_bytes, payload, group, recv_ns, node, read_ns, queued_ns)):
+                if push(unicast_frames(room_bytes, payload, group, recv_ns, node, pushed_ns, read_ns, queued_ns)):
                     self.counters["unicast_recipients"] += len(group)
                     out_by_type[payload[0]] += len(group)
                     self.counters["unicast_bytes"] += len(payload) * len(group)

@@ -391,7 +391,7 @@ class Ingress:
                 self._drop("internal_frame", f"{len(frames)} egress frames")
                 continue
             egress_ns = time.monotonic_ns()
-            _lane, _origin, recv_ns, read_ns, queued_ns, sent_ns = HEADER.unpack(frames[0])
+            _lane, _origin, recv_ns, pushed_ns, read_ns, queued_ns, sent_ns = HEADER.unpack(frames[0])
             room, payload = frames[1], frames[2]
             try:
                 identities = unpack_identities(frames[3])
@@ -409,7 +409,7 @@ class Ingress:
                 done_ns = time.monotonic_ns()
                 self.control_latency.observe((done_ns - recv_ns) / 1e9)
                 if read_ns and sock is self.egress:
-                    self.control_hops.observe(recv_ns, read_ns, queued_ns, sent_ns, egress_ns, done_ns)
+                    self.control_hops.observe(recv_ns, pushed_ns, read_ns, queued_ns, sent_ns, egress_ns, done_ns)
 
     def _try_send(self, frames: list[bytes]) -> int:
         try:

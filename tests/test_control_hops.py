@@ -13,22 +13,22 @@ from tests.support import RawClient, RelayNode, wait_for
 
 
 def test_unicast_header_carries_every_hop_stamp() -> None:
-    frames = unicast_frames(b"room", b"\x03payload", [b"id"], 10, 1, 20, 30)
+    frames = unicast_frames(b"room", b"\x03payload", [b"id"], 10, 1, 15, 20, 30)
     frames[0] = stamp_sent(frames[0], 40)
-    assert HEADER.unpack(frames[0]) == (0, 1, 10, 20, 30, 40)
+    assert HEADER.unpack(frames[0]) == (0, 1, 10, 15, 20, 30, 40)
     assert frames[1:3] == [b"room", b"\x03payload"]
 
 
 def test_hops_split_the_total_and_keep_the_maximum() -> None:
     hops = ControlHops()
     ms = 1_000_000
-    hops.observe(0, 1 * ms, 3 * ms, 6 * ms, 10 * ms, 15 * ms)
-    hops.observe(0, 1 * ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms)
+    hops.observe(0, 1 * ms, 3 * ms, 6 * ms, 10 * ms, 15 * ms, 21 * ms)
+    hops.observe(0, 1 * ms, 2 * ms, 3 * ms, 4 * ms, 5 * ms, 6 * ms)
     out = hops.to_dict()
     assert list(out) == list(HOPS)
-    assert [round(out[name]["max"] * 1000, 3) for name in HOPS] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [round(out[name]["max"] * 1000, 3) for name in HOPS] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
     assert all(out[name]["count"] == 2 for name in HOPS)
-    assert round(sum(out[name]["sum"] for name in HOPS) * 1000, 3) == 20.0
+    assert round(sum(out[name]["sum"] for name in HOPS) * 1000, 3) == 27.0
 
 
 def test_slow_turns_keep_the_worst_with_their_phases_and_gc() -> None:
@@ -81,7 +81,7 @@ def test_identities_travel_packed_in_one_frame() -> None:
     from relay.frames import BatchError, pack_identities, unpack_identities
 
     ids = [b"\x00\x01abc", b"\x00\x01" + b"x" * 253, b"\x00\x02"]
-    frames = unicast_frames(b"room", b"\x03p", ids, 1, 2, 3, 4)
+    frames = unicast_frames(b"room", b"\x03p", ids, 1, 2, 3, 4, 5)
     assert len(frames) == 4 and unpack_identities(frames[3]) == ids
     assert unpack_identities(pack_identities([])) == []
     import pytest
