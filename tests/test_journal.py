@@ -427,3 +427,29 @@ def test_a_version_1_store_is_upgraded_in_place_and_keeps_its_rooms(data_dir: st
         again.close()
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+
+
+def test_checkpoints_run_off_the_commit_path(data_dir: str) -> None:
+    """Commits never checkpoint (wal_autocheckpoint off); the store's own thread
+    folds the WAL back once it has grown, so the WAL does not grow forever."""
+    import time
+
+    store = open_store(data_dir, 0)
+    try:
+        assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+        wal = store.path + "-wal"
+        value = "x" * 2000
+        seq = 0
+        while os.path.getsize(wal) < 2 * (1 << 20):
+            seq += 1
+            store.apply([("global", f"room-{seq % 50}", f"g{seq % 400}", value, 1, seq)])
+        deadline = time.monotonic() + 10
+        while store._checkpointer.checkpoints == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store._checkpointer.checkpoints >= 1
+        # After a complete checkpoint the next commit restarts the WAL from its start.
+        store.apply([("global", "room-0", "after", "v", 1, seq + 1)])
+        frames = store._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+        assert frames < 100, frames
+    finally:
+        store.close()

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from shard_worker.store.base import ChangeRecord, RoomSnapshot, StoreError, StoreHealth
+from shard_worker.store.sqlite_checkpointer import Checkpointer
 from shard_worker.store.sqlite_leases import SqliteLeases
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,7 @@ class SqliteRoomStore:
         self._peers: dict[int, sqlite3.Connection] = {}
         self._columns: dict[str, str] = {}
         self._db: sqlite3.Connection | None = None
+        self._checkpointer: Checkpointer | None = None
         try:
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -360,6 +362,10 @@ class SqliteRoomStore:
             # would cost an fsync per loop turn.
             db.execute("PRAGMA synchronous=NORMAL")
             self._init_schema(db)
+            # Checkpoints run on their own thread, never inside a commit on
+            # the control path (sqlite_checkpointer.py).
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            self._checkpointer = Checkpointer(path, busy_timeout)
         except StoreError:
             self._abandon()
             raise
@@ -431,6 +437,8 @@ class SqliteRoomStore:
         db.execute("COMMIT")
 
     def _abandon(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._close_peers()
         if self.leases is not None:
             self.leases.close()
@@ -761,6 +769,8 @@ class SqliteRoomStore:
         if db is None:
             return
         self._db = None
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self._close_peers()
         if self.leases is not None:
             # A graceful stop is a hand-over: whoever serves these rooms next
