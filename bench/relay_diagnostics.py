@@ -37,11 +37,13 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def collect(run_dir: Path) -> dict[str, Any]:
+def collect(run_dir: Path, window_start: float | None = None) -> dict[str, Any]:
+    """``window_start`` (wall time): marks maxima that fell in the warm-up."""
     ingress = _read(run_dir / "status-ingress.json")
     hops = {
         name: {"p50_ms": quantile(h, 0.5), "p99_ms": quantile(h, 0.99), "max_ms": h.get("max", 0.0) * 1000,
-               "count": h.get("count", 0)}
+               "count": h.get("count", 0),
+               "max_in_warmup": bool(window_start and h.get("max_at") and h["max_at"] < window_start)}
         for name, h in (ingress.get("control_hops") or {}).items()
     }
     turns: dict[str, Any] = {}
@@ -58,7 +60,8 @@ def hop_line(diag: dict[str, Any]) -> str:
     parts = []
     for name, h in diag.get("hops", {}).items():
         if h["count"]:
-            parts.append(f"{name} {h['p50_ms']:.2f}/{h['p99_ms']:.2f}/{h['max_ms']:.1f}")
+            warm = " (max in warm-up)" if h.get("max_in_warmup") else ""
+            parts.append(f"{name} {h['p50_ms']:.2f}/{h['p99_ms']:.2f}/{h['max_ms']:.1f}{warm}")
     worst = max(((child, t["worst"][0]) for child, t in diag.get("slow_turns", {}).items() if t["worst"]),
                 key=lambda item: item[1]["ms"], default=None)
     if worst is not None:

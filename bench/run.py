@@ -249,7 +249,7 @@ class Runner:
             rec.update(summary=summary, slo_ok=ok, slo_reason=why)
             _log(f"{server.name:9s} {sc.key:10s} {report.one_line(summary)} SLO {why}")
             if server.kind == "relay":
-                rec["relay_diagnostics"] = relay_diagnostics.collect(sp.tmp / "run")
+                rec["relay_diagnostics"] = relay_diagnostics.collect(sp.tmp / "run", sp.window_start_wall)
                 _log(f"{'':9s} {'':10s} {relay_diagnostics.hop_line(rec['relay_diagnostics'])}")
         except Exception as exc:  # keep going: one broken point must not lose the run
             rec["error"] = f"{type(exc).__name__}: {exc}"

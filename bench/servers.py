@@ -149,6 +149,7 @@ class ServerProcess:
         self.cpu_window_s: float | None = None
         self._busy_start = 0.0
         self.machine_busy_s: float | None = None
+        self.window_start_wall: float | None = None
 
     # ---------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -248,6 +249,7 @@ class ServerProcess:
     def on_phase(self, phase: str) -> None:
         """Hook for loadgen.run: CPU of the process tree over the window."""
         if phase == "window_start":
+            self.window_start_wall = time.time()
             self._cpu_start = self._cpu_by_pid()
             self._busy_start = _machine_busy()
         elif phase == "window_end":

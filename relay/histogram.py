@@ -7,6 +7,7 @@ Prometheus histogram (same bucket bounds everywhere, so series add up).
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 
 LATENCY_BUCKETS = (
@@ -55,11 +56,13 @@ class ControlHops:
     Each hop keeps a histogram and its maximum.
     """
 
-    __slots__ = ("hists", "max_s")
+    __slots__ = ("hists", "max_s", "max_at")
 
     def __init__(self) -> None:
         self.hists = [LatencyHistogram(HOP_BUCKETS) for _ in HOPS]
         self.max_s = [0.0] * len(HOPS)
+        # Wall time of each maximum: tells a start-up storm from a stall under load.
+        self.max_at = [0.0] * len(HOPS)
 
     def observe(self, *stamps_ns: int) -> None:
         """Seven clock readings (ns), one per hop boundary."""
@@ -68,6 +71,8 @@ class ControlHops:
             self.hists[i].observe(spent)
             if spent > self.max_s[i]:
                 self.max_s[i] = spent
+                self.max_at[i] = time.time()
 
     def to_dict(self) -> dict:
-        return {name: {**h.to_dict(), "max": m} for name, h, m in zip(HOPS, self.hists, self.max_s, strict=True)}
+        return {name: {**h.to_dict(), "max": m, "max_at": at}
+                for name, h, m, at in zip(HOPS, self.hists, self.max_s, self.max_at, strict=True)}
