@@ -100,8 +100,14 @@ Ingress:
 - ``relay_ingress_route_cache_rooms`` gauge.
 - ``relay_control_latency_seconds`` histogram: control message received by the
   ingress -> resulting unicast handed to the client ROUTER.
+- ``relay_control_hop_seconds{hop}`` histogram: the same, hop by hop
+  (ingress_batch, pipe_to_shard, shard_rules, shard_queue, egress_pipe,
+  router_send; relay/histogram.py), for this node's shards.
 
-Every child: ``relay_drops_total{child,reason}`` counter.
+Every child: ``relay_drops_total{child,reason}`` counter;
+``relay_slow_turns_total{child,over}`` counter of loop turns over 10 / 50 /
+200 ms (the slowest, with their phases, are in the child's status file:
+``slow_turns``, relay/slow_turns.py).
 
 Other children (REST bridge, discovery): ``relay_child_events_total{child,
 group,event}`` counter, one series per number in each dict of their status
@@ -266,6 +272,12 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "histogram", "Control message received -> unicast handed to the ROUTER.", (),
     ),
     "relay_drops_total": ("counter", "Messages dropped, by reason.", ("child", "reason")),
+    "relay_control_hop_seconds": (
+        "histogram", "Control message time per hop (relay/histogram.py HOPS).", ("hop",),
+    ),
+    "relay_slow_turns_total": (
+        "counter", "Loop turns slower than a threshold (10ms, 50ms, 200ms).", ("child", "over"),
+    ),
     "relay_child_events_total": (
         "counter", "Counters of the other children, by group and event.", ("child", "group", "event"),
     ),
@@ -458,6 +470,8 @@ def _ingress_series(st: dict[str, Any], scrape: _Scrape) -> dict[SeriesKey, floa
     _counter(raw, "relay_unicast_total", ("sent",), counts.get("unicast_sent", 0))
     _counter(raw, "relay_unicast_total", ("wouldblock",), counts.get("unicast_wouldblock", 0))
     _histogram(raw, "relay_control_latency_seconds", (), st.get("control_latency"))
+    for hop, hist in (st.get("control_hops") or {}).items():
+        _histogram(raw, "relay_control_hop_seconds", (str(hop),), hist)
     return raw
 
 
@@ -575,6 +589,9 @@ class NodeCollector(Collector):
                 raw = _other_series(name, st)
             for reason, count in (st.get("drops") or {}).items():
                 _counter(raw, "relay_drops_total", (name, str(reason)), count)
+            for over, count in (st.get("slow_turns") or {}).items():
+                if over.startswith("over_") and isinstance(count, int):
+                    _counter(raw, "relay_slow_turns_total", (name, over[len("over_"):]), count)
             # The pid inside the file ties the values to the instance that
             # wrote them; the supervisor's pid may already be the successor's
             # while the file still holds the predecessor's last values.
