@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+# Reconnect interval of the node's internal (ipc) connections: the peer is on
+# this machine and either there or starting; libzmq's default of 100 ms was
+# the largest delay of a control message at start-up and after a restart.
+INTERNAL_RECONNECT_MS = 10
+
 
 @dataclass(frozen=True)
 class NodeEndpoints:

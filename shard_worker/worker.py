@@ -25,7 +25,7 @@ from relay.cluster.placement import owner_of
 from relay.cluster.view import decode_layout
 from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
-from relay.endpoints import NodeEndpoints, cluster_endpoints
+from relay.endpoints import INTERNAL_RECONNECT_MS, NodeEndpoints, cluster_endpoints
 from relay.frames import (
     HEADER,
     RESET_EPOCH,
@@ -159,12 +159,14 @@ class ShardWorker:
         self.egress = ctx.socket(zmq.PUSH)
         self.egress.setsockopt(zmq.LINGER, 2000)
         self.egress.setsockopt(zmq.SNDHWM, 100_000)
+        self.egress.setsockopt(zmq.RECONNECT_IVL, INTERNAL_RECONNECT_MS)
         self.egress.connect(self.endpoints.egress)
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 1000)
         # High mark on the internal hop: subscription bursts and broadcast
         # bursts must not be lost between shard and proxy.
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.setsockopt(zmq.RECONNECT_IVL, INTERNAL_RECONNECT_MS)
         self.pub.connect(self.endpoints.proxy_xsub)
         self.poller = zmq.Poller()
         self.poller.register(self.control_inbox, zmq.POLLIN)

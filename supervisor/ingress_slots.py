@@ -24,7 +24,7 @@ from collections import Counter
 
 import zmq
 
-from relay.endpoints import NodeEndpoints
+from relay.endpoints import INTERNAL_RECONNECT_MS, NodeEndpoints
 from relay.frames import BatchBuilder
 from relay.protocol.messages import Lane
 
@@ -65,6 +65,9 @@ class ShardSlots:
         push.setsockopt(zmq.AFFINITY, self.affinity[lane])
         push.setsockopt(zmq.LINGER, 0)
         push.setsockopt(zmq.SNDHWM, self.hwm[lane])
+        # A worker that binds after this connect (start, restart) is reached
+        # within 10 ms, not libzmq's default 100 ms retry.
+        push.setsockopt(zmq.RECONNECT_IVL, INTERNAL_RECONNECT_MS)
         push.connect(self.endpoints.shard_inbox(slot, lane, incarnation))
         return push
 
