@@ -32,6 +32,7 @@ import sqlite3
 from collections.abc import Iterable
 
 from shard_worker.store.base import LeaseBusy, StoreError
+from shard_worker.store.sqlite_common import begin_write, rollback
 
 __all__ = ["LEASES_FILE", "SqliteLeases", "leases_path", "process_alive", "process_start"]
 
@@ -169,10 +170,7 @@ class SqliteLeases:
         Raises :class:`LeaseBusy` while another live process holds it.
         """
         db = self._conn()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, f"cannot begin a transaction: {exc}") from exc
+        begin_write(db, self.path)
         try:
             row = db.execute(
                 "SELECT holder, pid, pid_start, token, home FROM leases WHERE room_id = ?", (room_id,)
@@ -198,11 +196,7 @@ class SqliteLeases:
         except LeaseBusy:
             raise
         except BaseException as exc:
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
+            rollback(db)
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(self.path, f"cannot take the lease of {room_id!r}: {exc}") from exc
             raise

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from shard_worker.store.base import ChangeRecord, RoomSnapshot, StoreError, StoreHealth
 from shard_worker.store.sqlite_checkpointer import Checkpointer
+from shard_worker.store.sqlite_common import begin_write, rollback
 from shard_worker.store.sqlite_leases import SqliteLeases
 
 log = logging.getLogger(__name__)
@@ -467,10 +468,7 @@ class SqliteRoomStore:
         if not changes:
             return []
         db = self._conn()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise StoreError(self.path, f"cannot begin a transaction: {exc}") from exc
+        begin_write(db, self.path)
         try:
             for kind, run in itertools.groupby(changes, key=_kind):
                 handler = _HANDLERS.get(kind)
@@ -630,7 +628,7 @@ class SqliteRoomStore:
                     )
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
-                _rollback(db)
+                rollback(db)
                 raise StoreError(self.path, f"cannot move room {room_id!r} in from {source_path}: {exc}") from exc
             # Step 2.
             self.leases.set_home(room_id, self.index)
@@ -641,7 +639,7 @@ class SqliteRoomStore:
                     db.execute(f"DELETE FROM src.{table} WHERE room_id = ?", key)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
-                _rollback(db)
+                rollback(db)
                 log.warning("room %r moved in from %s, but its old copy there stays: %s",
                             room_id, source_path, exc)
         finally:
@@ -659,7 +657,7 @@ class SqliteRoomStore:
                 db.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            _rollback(db)
+            rollback(db)
             log.warning("stale copy of room %r stays in %s: %s",
                         room_id, shard_store_path(self.data_dir, k), exc)
 
@@ -801,14 +799,6 @@ class SqliteRoomStore:
 def shard_store_path(data_dir: str, shard_index: int) -> str:
     """The database file of shard ``shard_index`` under ``data_dir``."""
     return os.path.join(data_dir, f"shard-{shard_index}.sqlite3")
-
-
-def _rollback(db: sqlite3.Connection) -> None:
-    if db.in_transaction:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # a failed COMMIT may already have rolled back
 
 
 _SHARD_FILE = re.compile(r"shard-(\d+)\.sqlite3")

@@ -92,21 +92,20 @@ class ShardClient:
         # (rolling restart) gets a new key and socket.
         self._local_keys: dict[str, int] = {ep: k for k, ep in enumerate(self.endpoints)}
 
-    def local(self, endpoint: str) -> int:
-        """The request key of one of this node's shard admin endpoints."""
-        key = self._local_keys.get(endpoint)
+    def _key(self, keys: dict[str, int], endpoint: str) -> int:
+        key = keys.get(endpoint)
         if key is None:
-            key = self._local_keys[endpoint] = len(self.endpoints)
+            key = keys[endpoint] = len(self.endpoints)
             self.endpoints.append(endpoint)
         return key
 
+    def local(self, endpoint: str) -> int:
+        """The request key of one of this node's shard admin endpoints."""
+        return self._key(self._local_keys, endpoint)
+
     def remote(self, endpoint: str) -> int:
-        """The request key of another node's shard admin endpoint."""
-        key = self._remote_keys.get(endpoint)
-        if key is None:
-            key = self._remote_keys[endpoint] = len(self.endpoints)
-            self.endpoints.append(endpoint)
-        return key
+        """The request key of another node's shard admin endpoint (CURVE)."""
+        return self._key(self._remote_keys, endpoint)
 
     @classmethod
     def for_node(cls, config: RelayConfig, run_dir: str) -> ShardClient:
