@@ -157,6 +157,11 @@ class RelayConfig:
     # Per shard; 0 = unlimited. Cost = room pose bytes x room members, so this
     # is the fan-out bandwidth one shard may put on the wire (~480 Mbit/s).
     transform_budget_bytes_per_sec: int = 60_000_000
+    # Seconds a transform batch may wait in the ingress for more poses (0 =
+    # push every pump pass). Poses become room-pose broadcasts only at
+    # transform_broadcast_rate, so this costs no visible freshness and saves
+    # shard wake-ups under load (supervisor/ingress.py). Control never waits.
+    transform_batch_linger: float = 0.003
     ctrl_drain_batch: int = 256
     ctrl_queue_max: int = 100_000
     ctrl_backlog_watermark: int = 5_000
@@ -628,6 +633,8 @@ def _validate(c: RelayConfig) -> list[str]:
 
     if not 1 <= c.shards <= MAX_SHARDS:
         errors.append(f"shards must be between 1 and {MAX_SHARDS}, got {c.shards}")
+    if not 0.0 <= c.transform_batch_linger <= 0.05:
+        errors.append(f"transform_batch_linger must be between 0 and 0.05 s, got {c.transform_batch_linger}")
     if c.transform_budget_bytes_per_sec < 0:
         errors.append(
             "transform_budget_bytes_per_sec must be >= 0 (0 = unlimited), "

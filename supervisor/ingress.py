@@ -127,6 +127,13 @@ class Ingress:
         # the shard last reported as read (relay/frames.py). A fresh epoch per
         # ingress process tells its batches from a predecessor's.
         self.epoch = random.getrandbits(32) or 1  # 0 is RESET_EPOCH
+        # Transform batches may wait this long for more poses (config
+        # transform_batch_linger; control batches never wait): one shard
+        # wake-up, pipe transfer and credit echo per linger instead of per
+        # pump pass. Poses become room-pose broadcasts only every 1/rate.
+        self.transform_linger = config.transform_batch_linger
+        # When the oldest transform still waiting in a batch arrived (None: none waits).
+        self.transform_pending_since: float | None = None
 
     def _open_sockets(self) -> None:
         # Two I/O threads, one per lane (ZMQ_AFFINITY): the network I/O of the
@@ -201,6 +208,8 @@ class Ingress:
         due = self.outbound.next_due()
         if due is not None:
             wait = min(wait, due - now)
+        if self.transform_pending_since is not None:
+            wait = min(wait, self.transform_pending_since + self.transform_linger - now)
         return max(0, int(wait * 1000 + 0.999))
 
     # ---------------------------------------------------------------- loop
@@ -235,8 +244,9 @@ class Ingress:
                 if self.transform in events:
                     budget = TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH
                     self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
-                turn.mark("transform_in")
                 now = time.monotonic()
+                self._flush_lingering(now)
+                turn.mark("transform_in")
                 view = self.view_file.poll(now)
                 if view is not None:
                     self._change_routing(view)
@@ -317,11 +327,22 @@ class Ingress:
                 if batch.count >= MAX_BATCH:
                     self._send_batch(lane, shard, batch)
         finally:
-            self._flush_batches(lane)
+            if lane == Lane.CONTROL or not self.transform_linger:
+                self._flush_batches(lane)
+            elif received and self.transform_pending_since is None:
+                self.transform_pending_since = time.monotonic()
             self.counts["received_control" if lane == Lane.CONTROL else "received_transform"] += received
         return more
 
+    def _flush_lingering(self, now: float) -> None:
+        """Push the transform batches whose oldest pose has waited the linger."""
+        since = self.transform_pending_since
+        if since is not None and now - since >= self.transform_linger:
+            self._flush_batches(Lane.TRANSFORM)
+
     def _flush_batches(self, lane: int) -> None:
+        if lane == Lane.TRANSFORM:
+            self.transform_pending_since = None
         for shard, batch in enumerate(self.batches[lane]):
             if batch.count:
                 self._send_batch(lane, shard, batch)

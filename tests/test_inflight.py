@@ -201,3 +201,40 @@ def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(tmp_path) -
         inbox.close()
         worker._close_sockets()
         egress.close()
+
+
+def test_transform_batches_linger_and_control_batches_never_do(ingress: Ingress) -> None:
+    """With transform_batch_linger, poses wait in their batch until the linger
+    has passed (the poll wakes for it); control is pushed in the same pass."""
+    import time
+
+    ingress.transform_linger = 0.05
+    ctx = zmq.Context.instance()
+    client = ctx.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(f"tcp://127.0.0.1:{ingress.config.transform_port}")
+    control = ctx.socket(zmq.DEALER)
+    control.setsockopt(zmq.LINGER, 0)
+    control.connect(f"tcp://127.0.0.1:{ingress.config.control_port}")
+    try:
+        client.send_multipart([b"room", b"\x02pose"])
+        control.send_multipart([b"room", b"\x03rpc"])
+        wait_for(lambda: ingress.transform.poll(0) and ingress.control.poll(0), 5, what="both lanes readable")
+        ingress._pump_inbound(ingress.transform, Lane.TRANSFORM, 1000)
+        ingress._pump_inbound(ingress.control, Lane.CONTROL, 1000)
+        assert ingress.pushed[Lane.CONTROL][0][0] == 1
+        assert ingress.pushed[Lane.TRANSFORM][0][0] == 0 and ingress.batches[Lane.TRANSFORM][0].count == 1
+        assert 0 < ingress._poll_timeout_ms(time.monotonic()) <= 50
+        ingress._flush_lingering(time.monotonic())
+        assert ingress.pushed[Lane.TRANSFORM][0][0] == 0  # not yet
+        ingress._flush_lingering(time.monotonic() + 0.06)
+        assert ingress.pushed[Lane.TRANSFORM][0][0] == 1 and ingress.transform_pending_since is None
+        # Without a linger every pass pushes at once.
+        ingress.transform_linger = 0.0
+        client.send_multipart([b"room", b"\x02pose2"])
+        wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
+        ingress._pump_inbound(ingress.transform, Lane.TRANSFORM, 1000)
+        assert ingress.pushed[Lane.TRANSFORM][0][0] == 2
+    finally:
+        client.close()
+        control.close()
