@@ -105,15 +105,16 @@ def parse_credit(frame: bytes) -> tuple[int, int, int, int, int] | None:
 # and the new owner, which waits for the lease, sees every client's messages
 # in the order they were sent. A batch header starts with its lane (0 or 1).
 MARKER_TAG = 0xFE
+_MARKER_PREFIX = bytes((MARKER_TAG,))
 
 
 def routing_marker(layout: bytes) -> bytes:
-    return bytes((MARKER_TAG,)) + layout
+    return _MARKER_PREFIX + layout
 
 
 def parse_marker(frame: bytes) -> bytes | None:
     """The layout a routing marker carries, or None for any other frame."""
-    if frame[:1] != b"\xfe":
+    if frame[:1] != _MARKER_PREFIX:
         return None
     return frame[1:]
 

@@ -91,7 +91,6 @@ class ShardWorker:
         # routing marker (relay/frames.py), not the newest view.json, so this
         # worker never refuses a room the ingress still sends it.
         self.routing_view = self.view_file.view
-        self.routing_slots = list(self.view_file.slots)
         self._next_renew = now + config.lease_ttl / 3
         self.state = ShardState(
             RoomSettings.from_config(config),
@@ -186,6 +185,7 @@ class ShardWorker:
         if self.links is not None:
             self.links.close()
         self.ctx.term()
+        self.slow_turns.close()
 
     # ---------------------------------------------------------------- loop
 
@@ -462,7 +462,7 @@ class ShardWorker:
             self.state.drops.drop("internal_frame", f"bad routing marker: {exc}")
             return
         self.counters["routing_markers"] += 1
-        self.routing_view, self.routing_slots = view, slots
+        self.routing_view = view
         retiring = self.index >= len(slots) or slots[self.index] != self.incarnation
         if self.store is None:
             # Nothing to hand over through: rooms live in this process only

@@ -197,6 +197,7 @@ class Ingress:
         if self.links is not None:
             self.links.close()
         self.ctx.term()
+        self.slow_turns.close()
 
     def _drop(self, reason: str, detail: str, count: int = 1) -> None:
         self.drop_log.drop(reason, detail, count)
