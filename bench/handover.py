@@ -101,17 +101,6 @@ class Stream:
             client.close()
 
 
-def _state(node: RelayNode) -> dict:
-    return node.supervisor_state() or {}
-
-
-def _operation_done(node: RelayNode, shards: int) -> bool:
-    state = _state(node)
-    operation = state.get("operation") or {}
-    return (len(state.get("slots", [])) == shards and not state.get("retiring")
-            and operation.get("state") in (None, "done"))
-
-
 def _pause(samples: list[tuple[float, float]], start: float, end: float) -> float | None:
     before = [lat for t, lat in samples if start - 2.0 <= t < start]
     during = [lat for t, lat in samples if start <= t <= end]
@@ -149,7 +138,7 @@ def one_run(store: str) -> dict:
                 op_start = quiet_start
                 deadline = time.perf_counter() + 60
                 stream.run_for(0.3)
-                while not _operation_done(node, new) and time.perf_counter() < deadline:
+                while not node.layout_settled(new) and time.perf_counter() < deadline:
                     stream.run_for(0.1)
                 op_end = time.perf_counter() + SETTLE
                 stream.run_for(SETTLE + 0.5)

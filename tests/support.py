@@ -272,6 +272,19 @@ class RelayNode:
         child = state.get("children", {}).get(name)
         return child["pid"] if child and child.get("alive") else None
 
+    def shard_pids(self) -> dict[str, int]:
+        """Pids of the shard workers currently in the layout, by child name."""
+        children = (self.supervisor_state() or {}).get("children", {})
+        return {name: c["pid"] for name, c in children.items() if name.startswith("shard-") and c.get("pid")}
+
+    def layout_settled(self, shards: int) -> bool:
+        """A scale or reload is over: ``shards`` slots, each with its running
+        worker, nobody retiring, no operation running (supervisor.json)."""
+        state = self.supervisor_state() or {}
+        operation = state.get("operation") or {}
+        return (len(state.get("slots", [])) == shards and len(self.shard_pids()) == shards
+                and not state.get("retiring") and operation.get("state") in (None, "done"))
+
     def local_room(self, prefix: str = "__probe__") -> str:
         """A room id this node owns in its current cluster view (any room on one node)."""
         from relay.cluster.placement import owner_of

@@ -110,19 +110,9 @@ def _state(node: RelayNode) -> dict:
     return node.supervisor_state() or {}
 
 
-def _shard_pids(node: RelayNode) -> dict[str, int]:
-    children = _state(node).get("children", {})
-    return {name: c["pid"] for name, c in children.items() if name.startswith("shard-") and c.get("pid")}
-
-
 def _wait_layout(node: RelayNode, shards: int, timeout: float = 60.0) -> None:
-    def done() -> bool:
-        state = _state(node)
-        operation = state.get("operation") or {}
-        return (len(state.get("slots", [])) == shards and len(_shard_pids(node)) == shards
-                and not state.get("retiring") and operation.get("state") in (None, "done"))
-
-    wait_for(done, timeout, interval=0.2, what=f"{shards} shard slots and no retiring worker")
+    wait_for(lambda: node.layout_settled(shards), timeout, interval=0.2,
+             what=f"{shards} shard slots and no retiring worker")
 
 
 def _rest_global(node: RelayNode, room: str, name: str) -> str | None:
@@ -169,11 +159,11 @@ def _node(shards: int, most: int) -> RelayNode:
 def test_scaling_2_4_1_shards_under_load_loses_nothing(relay_store: str) -> None:
     with _node(2, 4) as node, reference_clients(node, ASSIGNMENT) as clients:
         load, numbers, restarts = _start_load(node, clients)
-        before = _shard_pids(node)
+        before = node.shard_pids()
         result = relayctl("scale", "4", "--run-dir", node.run_dir)
         assert result.returncode == 0, result.stderr
         _wait_layout(node, 4)
-        after_up = _shard_pids(node)
+        after_up = node.shard_pids()
         # Scaling up keeps the workers that were there and moves only what changed.
         assert {k: after_up[k] for k in before} == before
         wait_for(lambda: load.rounds >= 40, 15, what="load through the new layout")
@@ -186,7 +176,7 @@ def test_scaling_2_4_1_shards_under_load_loses_nothing(relay_store: str) -> None
         result = relayctl("scale", "1", "--run-dir", node.run_dir)
         assert result.returncode == 0, result.stderr
         _wait_layout(node, 1)
-        assert _shard_pids(node)["shard-0"] == before["shard-0"]
+        assert node.shard_pids()["shard-0"] == before["shard-0"]
         wait_for(lambda: load.rounds >= 70, 15, what="load on one shard")
         _check_after(node, load, numbers, restarts)
         status = node.child_status("shard-0") or {}
@@ -202,9 +192,9 @@ def test_scaling_2_4_1_shards_under_load_loses_nothing(relay_store: str) -> None
 def test_sighup_rolling_restart_under_load_loses_nothing(relay_store: str) -> None:
     with _node(2, 2) as node, reference_clients(node, ASSIGNMENT) as clients:
         load, numbers, restarts = _start_load(node, clients)
-        before = _shard_pids(node)
+        before = node.shard_pids()
         os.kill(node.proc.pid, signal.SIGHUP)
-        wait_for(lambda: all(_shard_pids(node).get(k) not in (None, pid) for k, pid in before.items()),
+        wait_for(lambda: all(node.shard_pids().get(k) not in (None, pid) for k, pid in before.items()),
                  60, interval=0.2, what="every shard worker replaced")
         _wait_layout(node, 2)
         wait_for(lambda: load.rounds >= 50, 15, what="load through the restart")
@@ -226,7 +216,7 @@ def test_a_shard_that_cannot_start_stops_the_node_with_a_clear_error() -> None:
     node = RelayNode(shards=2, store="").start()  # SQLite: one file per shard
     try:
         path = os.path.join(node.data_dir, "shard-1.sqlite3")
-        pid = _shard_pids(node)["shard-1"]
+        pid = node.shard_pids()["shard-1"]
         os.kill(pid, signal.SIGKILL)
         with open(path, "r+b") as fh:  # a disk fault: the file is no database any more
             fh.write(b"\x00garbage" * 512)
