@@ -54,6 +54,7 @@ from typing import Any
 
 import zmq
 
+from bench.servers import free_ports as bench_free_ports
 from relay.config import RelayConfig
 from relay.protocol import decode, encode
 from relay.protocol.messages import (
@@ -104,32 +105,16 @@ class Ports:
 
 
 def free_ports() -> Ports:
-    """Free loopback ports; control, pub, transform consecutive as clients assume."""
+    """The bench's consecutive control/pub/transform ports and a REST port
+    (bench/servers.py), plus a free metrics port distinct from all four."""
+    base = bench_free_ports()
+    taken = {base.control, base.pub, base.transform, base.rest}
     for _ in range(200):
-        held = []
-        try:
-            base_sock = socket.socket()
-            base_sock.bind(("127.0.0.1", 0))
-            base = base_sock.getsockname()[1]
-            held.append(base_sock)
-            if base > 65000:
-                continue
-            for port in (base + 1, base + 2):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", port))
-                held.append(sock)
-            extra = []
-            for _ in range(2):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", 0))
-                held.append(sock)
-                extra.append(sock.getsockname()[1])
-            return Ports(base, base + 1, base + 2, extra[0], extra[1])
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            metrics = sock.getsockname()[1]
+        if metrics not in taken:
+            return Ports(base.control, base.pub, base.transform, base.rest, metrics)
     raise RuntimeError("no free ports")
 
 

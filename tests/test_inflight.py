@@ -7,6 +7,7 @@ messages; these tests drive a real Ingress object's sockets in-process.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -133,44 +134,44 @@ def test_a_restarted_shard_releases_what_its_predecessor_took_down_with_it(ingre
         credit_out.close()
 
 
-def test_a_shard_announces_its_start_with_a_reset_credit(tmp_path) -> None:
-    from relay.frames import parse_credit
+@pytest.fixture
+def shard(tmp_path) -> Iterator[tuple[Any, zmq.Socket]]:
+    """A real in-memory ShardWorker with its sockets open, and the PULL end of its egress."""
     from shard_worker.worker import ShardWorker
 
     config = RelayConfig(shards=1, data_dir="", run_dir=str(tmp_path))
-    ctx = zmq.Context.instance()
-    egress = ctx.socket(zmq.PULL)
+    egress = zmq.Context.instance().socket(zmq.PULL)
     egress.setsockopt(zmq.LINGER, 0)
     worker = ShardWorker(config, 0, str(tmp_path))
     egress.bind(worker.endpoints.egress)
     worker._open_sockets()
     try:
-        worker._turn()
-        credits = set()
-        while egress.poll(1000):
-            credit = parse_credit(egress.recv())
-            assert credit is not None
-            credits.add((credit[0], credit[2]))
-            if len(credits) == 2:
-                break
-        assert credits == {(Lane.CONTROL, RESET_EPOCH), (Lane.TRANSFORM, RESET_EPOCH)}
+        yield worker, egress
     finally:
         worker._close_sockets()
         egress.close()
 
 
-def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(tmp_path) -> None:
+def test_a_shard_announces_its_start_with_a_reset_credit(shard) -> None:
     from relay.frames import parse_credit
-    from shard_worker.worker import ShardWorker
 
-    config = RelayConfig(shards=1, data_dir="", run_dir=str(tmp_path))
-    ctx = zmq.Context.instance()
-    egress = ctx.socket(zmq.PULL)
-    egress.setsockopt(zmq.LINGER, 0)
-    worker = ShardWorker(config, 0, str(tmp_path))
-    egress.bind(worker.endpoints.egress)
-    worker._open_sockets()
-    inbox = ctx.socket(zmq.PUSH)
+    worker, egress = shard
+    worker._turn()
+    credits = set()
+    while egress.poll(1000):
+        credit = parse_credit(egress.recv())
+        assert credit is not None
+        credits.add((credit[0], credit[2]))
+        if len(credits) == 2:
+            break
+    assert credits == {(Lane.CONTROL, RESET_EPOCH), (Lane.TRANSFORM, RESET_EPOCH)}
+
+
+def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(shard) -> None:
+    from relay.frames import parse_credit
+
+    worker, egress = shard
+    inbox = zmq.Context.instance().socket(zmq.PUSH)
     inbox.setsockopt(zmq.LINGER, 0)
     inbox.connect(worker.endpoints.shard_inbox(0, Lane.CONTROL))
     try:
@@ -199,8 +200,6 @@ def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(tmp_path) -
         assert (Lane.CONTROL, 0, 0x1234, 12) == credits[-1][:4]
     finally:
         inbox.close()
-        worker._close_sockets()
-        egress.close()
 
 
 def test_transform_batches_linger_and_control_batches_never_do(ingress: Ingress) -> None:
