@@ -5,6 +5,7 @@ the load generator for ~3 s with a few clients, and clean-up of every process.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 
 import psutil
@@ -14,9 +15,6 @@ from bench.loadgen import LoadConfig, run
 from bench.servers import BIN, ServerKind, ServerProcess
 
 pytestmark = pytest.mark.integration
-
-NOT_BUILT_MARKERS = ("not built", "not implemented", "modulenotfounderror", "importerror")
-
 
 def _load(sp: ServerProcess) -> dict:
     cfg = LoadConfig(
@@ -92,16 +90,15 @@ def test_loadgen_against_bare_forwarder() -> None:
 @pytest.mark.timeout(60)
 def test_loadgen_against_relay() -> None:
     if not (BIN / "relayctl").exists():
-        pytest.skip("relayctl is not installed in this environment")
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("relayctl is not installed: make test installs the package")
+        pytest.skip("relayctl is not installed in this environment (make test installs it)")
     sp = ServerProcess(ServerKind("relay-1", "relay", 1))
     pids: set[int] = set()
     try:
         sp.start()
         ready = sp.wait_ready(20.0)
-        if not ready and sp.exited():
-            tail = sp.log_tail(40)
-            if any(m in tail.lower() for m in NOT_BUILT_MARKERS):
-                pytest.skip(f"relayctl start says it is not built yet: {tail[-200:]}")
+        # A relay that exits at start (an import error included) is a failure.
         assert ready, sp.log_tail(40)
         pids = _tree_pids(sp)
         summary = _load(sp)
