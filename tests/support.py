@@ -182,8 +182,8 @@ class RelayNode:
             self.rest_port,
             self.discovery_port,
             self.metrics_port,
-        ) = free_ports(5)
-        self.transform_port = free_ports(1)[0]
+            self.transform_port,
+        ) = free_ports(6)  # one call: a second could hand back a port the first released
         self._tmp = tempfile.mkdtemp(prefix="relay-test-")
         self.run_dir = self.run_dir or os.path.join(self._tmp, "run")
         self.data_dir = self.data_dir or os.path.join(self._tmp, "data")
