@@ -157,10 +157,11 @@ class RelayConfig:
     # Per shard; 0 = unlimited. Cost = room pose bytes x room members, so this
     # is the fan-out bandwidth one shard may put on the wire (~480 Mbit/s).
     transform_budget_bytes_per_sec: int = 60_000_000
-    # Seconds a transform batch may wait in the ingress for more poses (0 =
-    # push every pump pass). Poses become room-pose broadcasts only at
-    # transform_broadcast_rate, so this costs no visible freshness and saves
-    # shard wake-ups under load (supervisor/ingress.py). Control never waits.
+    # The ingress reads the transform port at most once per this many
+    # seconds and pushes what it read at once (0 = whenever poses arrive).
+    # Poses become room-pose broadcasts only at transform_broadcast_rate, so
+    # this costs no visible freshness and saves ingress and shard wake-ups
+    # under load (supervisor/ingress.py). The control port is always read.
     transform_batch_linger: float = 0.003
     ctrl_drain_batch: int = 256
     ctrl_queue_max: int = 100_000

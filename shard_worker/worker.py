@@ -45,7 +45,7 @@ from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
 from relay.status import write_status
-from relay.zmq_fast import send_parts
+from relay.zmq_fast import recv_frame_waiting, send_parts
 from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
 from shard_worker.shaping import LatestOnly, TokenBucket
@@ -61,6 +61,14 @@ CONTROL_BATCH = 2000
 TRANSFORM_BATCH = 384
 ADMIN_BATCH = 64
 STATUS_INTERVAL = 1.0
+# Credit (relay/frames.py) is echoed once this much was read since the last
+# echo on a lane, or this long after the first read not yet echoed. The
+# ingress's bound only needs to see progress well before it fills (its limits
+# are tens of thousands of messages), while an echo per batch cost a send, an
+# ingress wake-up and a receive per batch (BENCHMARKS.md, "Where the CPU goes").
+CREDIT_EVERY_MESSAGES = 512
+CREDIT_EVERY_BYTES = 1 << 20
+CREDIT_MAX_DELAY = 0.05
 
 
 class ShardWorker:
@@ -139,6 +147,8 @@ class ShardWorker:
         # and what was last reported back (the ingress's credit, frames.py).
         self._read_marks: dict[int, tuple[int, int, int]] = {}
         self._reported_marks: dict[int, tuple[int, int, int]] = {}
+        # When the reads not yet echoed must be (None: all echoed).
+        self._credit_due: float | None = None
         self.slow_turns = SlowTurns()
         # First thing after start: release what a predecessor held (frames.py).
         self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
@@ -216,6 +226,8 @@ class ShardWorker:
         if len(self.pending):
             first = next(iter(self.pending.frames.values()))
             wait = min(wait, self.bucket.seconds_until(len(first.payload) * first.fanout))
+        if self._credit_due is not None:
+            wait = min(wait, self._credit_due - now)
         wait = min(wait, self.config.heartbeat_interval)
         return max(0, int(wait * 1000 + 0.999))
 
@@ -265,7 +277,7 @@ class ShardWorker:
         turn.mark("journal")
         self._send_control(drain_budget)
         self._send_broadcasts(now)
-        if self._reset_lanes or self._read_marks != self._reported_marks:
+        if self._reset_lanes or (self._credit_due is not None and now >= self._credit_due):
             self._send_credit()
         turn.mark("send")
         if self.heartbeat is not None:
@@ -283,13 +295,11 @@ class ShardWorker:
         batches forwarded by other nodes' ingresses are bounded by their PUSH
         high-water marks instead.
         """
-        recv = inbox.recv
         handle = self.state.handle
         handled = 0
         while handled < batch:
-            try:
-                frame = recv(zmq.NOBLOCK)
-            except zmq.Again:
+            frame = recv_frame_waiting(inbox)
+            if frame is None:
                 return
             try:
                 if credit:
@@ -304,6 +314,7 @@ class ShardWorker:
                     # ingress, and epoch 0 on the egress would mean RESET.
                     if mark[0] != RESET_EPOCH:
                         self._read_marks[lane] = mark
+                        self._credit_read(lane, mark, now)
                 before = handled
                 # Hops are timed only for this node's ingress: another node's
                 # clock is not ours (relay/frames.py HEADER).
@@ -318,6 +329,19 @@ class ShardWorker:
                     self.counters["forwarded_in"] += handled - before
             except BatchError as exc:
                 self.state.drops.drop("internal_frame", f"bad batch from ingress: {exc}")
+
+    def _credit_read(self, lane: int, mark: tuple[int, int, int], now: float) -> None:
+        """Schedule the echo of a batch read: soon if much is unreported, else within the delay."""
+        reported = self._reported_marks.get(lane)
+        if (
+            reported is None
+            or reported[0] != mark[0]
+            or mark[1] - reported[1] >= CREDIT_EVERY_MESSAGES
+            or mark[2] - reported[2] >= CREDIT_EVERY_BYTES
+        ):
+            self._credit_due = now
+        elif self._credit_due is None:
+            self._credit_due = now + CREDIT_MAX_DELAY
 
     def _send_credit(self) -> None:
         """Tell the ingress how far each lane has been read (bounds its in-flight queue)."""
@@ -338,6 +362,7 @@ class ShardWorker:
                 self.counters["egress_again"] += 1
                 return  # the egress is full; the next turn reports the newer totals
             self._reported_marks[lane] = mark
+        self._credit_due = None
 
     def _enqueue(self, unicasts: list, recv_ns: int, read_ns: int = 0, pushed_ns: int = 0) -> None:
         """Queue unicasts; ``recv_ns``/``read_ns``: when the message that caused

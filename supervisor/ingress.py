@@ -50,7 +50,7 @@ from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
 from relay.status import write_status
-from relay.zmq_fast import recv_parts, send_parts
+from relay.zmq_fast import recv_parts_waiting, send_parts
 from supervisor.ingress_links import IngressLinks
 from supervisor.ingress_slots import ShardSlots
 from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
@@ -127,13 +127,15 @@ class Ingress:
         # the shard last reported as read (relay/frames.py). A fresh epoch per
         # ingress process tells its batches from a predecessor's.
         self.epoch = random.getrandbits(32) or 1  # 0 is RESET_EPOCH
-        # Transform batches may wait this long for more poses (config
-        # transform_batch_linger; control batches never wait): one shard
-        # wake-up, pipe transfer and credit echo per linger instead of per
-        # pump pass. Poses become room-pose broadcasts only every 1/rate.
+        # The transform ROUTER is read at most once per linger (config
+        # transform_batch_linger; the control ROUTER and the egress are
+        # polled all the time): poses wait in their ZeroMQ pipes meanwhile,
+        # so one ingress wake-up, one pushed batch, one shard wake-up and
+        # one credit cover every pose of the period instead of one per pose
+        # or pump pass. Poses become room-pose broadcasts only every 1/rate.
         self.transform_linger = config.transform_batch_linger
-        # When the oldest transform still waiting in a batch arrived (None: none waits).
-        self.transform_pending_since: float | None = None
+        # Not before this (monotonic) is the transform ROUTER read again.
+        self.transform_next_read = 0.0
 
     def _open_sockets(self) -> None:
         # Two I/O threads, one per lane (ZMQ_AFFINITY): the network I/O of the
@@ -180,6 +182,7 @@ class Ingress:
         # Batches for shards of other nodes, by router target (< 0).
         self.remote_batches: dict[int, dict[int, BatchBuilder]] = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
         self.poller = zmq.Poller()
+        self.poller_no_transform = zmq.Poller()
         self.poller.register(self.egress, zmq.POLLIN)
         if cfg.store:
             links = cluster_endpoints(cfg.advertise_host, cfg.cluster_port, cfg.shards)
@@ -188,6 +191,8 @@ class Ingress:
             self.links.follow(self.router.view)
             self.poller.register(self.links.egress, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
+        for sock, _ in self.poller.sockets:
+            self.poller_no_transform.register(sock, zmq.POLLIN)
         self.poller.register(self.transform, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
@@ -209,9 +214,19 @@ class Ingress:
         due = self.outbound.next_due()
         if due is not None:
             wait = min(wait, due - now)
-        if self.transform_pending_since is not None:
-            wait = min(wait, self.transform_pending_since + self.transform_linger - now)
+        if now < self.transform_next_read:
+            wait = min(wait, self.transform_next_read - now)
         return max(0, int(wait * 1000 + 0.999))
+
+    def _poller_for(self, now: float) -> zmq.Poller:
+        """Every socket, or all but the transform ROUTER while its linger runs."""
+        return self.poller if now >= self.transform_next_read else self.poller_no_transform
+
+    def _read_transforms(self, budget: int, now: float) -> None:
+        """One pass over the transform ROUTER; the next waits out the linger unless poses were left."""
+        more = self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
+        if not more and self.transform_linger:
+            self.transform_next_read = now + self.transform_linger
 
     # ---------------------------------------------------------------- loop
 
@@ -228,7 +243,8 @@ class Ingress:
         next_status = 0.0
         try:
             while not self.stopping:
-                events = dict(self.poller.poll(self._poll_timeout_ms(time.monotonic())))
+                now = time.monotonic()
+                events = dict(self._poller_for(now).poll(self._poll_timeout_ms(now)))
                 turn = self.slow_turns
                 turn.begin()
                 if self.egress in events:
@@ -243,10 +259,8 @@ class Ingress:
                     control_busy = self._pump_inbound(self.control, Lane.CONTROL, BATCH)
                 turn.mark("control_in")
                 if self.transform in events:
-                    budget = TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH
-                    self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
+                    self._read_transforms(TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH, time.monotonic())
                 now = time.monotonic()
-                self._flush_lingering(now)
                 turn.mark("transform_in")
                 view = self.view_file.poll(now)
                 if view is not None:
@@ -295,9 +309,8 @@ class Ingress:
         more = True
         try:
             while received < budget:
-                try:
-                    frames = recv_parts(sock)
-                except zmq.Again:
+                frames = recv_parts_waiting(sock)
+                if frames is None:
                     more = False
                     break
                 received += 1
@@ -328,22 +341,11 @@ class Ingress:
                 if batch.count >= MAX_BATCH:
                     self._send_batch(lane, shard, batch)
         finally:
-            if lane == Lane.CONTROL or not self.transform_linger:
-                self._flush_batches(lane)
-            elif received and self.transform_pending_since is None:
-                self.transform_pending_since = time.monotonic()
+            self._flush_batches(lane)
             self.counts["received_control" if lane == Lane.CONTROL else "received_transform"] += received
         return more
 
-    def _flush_lingering(self, now: float) -> None:
-        """Push the transform batches whose oldest pose has waited the linger."""
-        since = self.transform_pending_since
-        if since is not None and now - since >= self.transform_linger:
-            self._flush_batches(Lane.TRANSFORM)
-
     def _flush_batches(self, lane: int) -> None:
-        if lane == Lane.TRANSFORM:
-            self.transform_pending_since = None
         for shard, batch in enumerate(self.batches[lane]):
             if batch.count:
                 self._send_batch(lane, shard, batch)
@@ -403,9 +405,8 @@ class Ingress:
     def _pump_egress(self, sock: zmq.Socket) -> None:
         tag = self.tag
         for _ in range(BATCH):
-            try:
-                frames = recv_parts(sock)
-            except zmq.Again:
+            frames = recv_parts_waiting(sock)
+            if frames is None:
                 return
             if len(frames) != 4 or len(frames[0]) != HEADER_SIZE:
                 if len(frames) == 1 and self._credit(frames[0]):

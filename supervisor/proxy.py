@@ -27,9 +27,15 @@ from relay.logs import setup_logging
 
 log = logging.getLogger("relay.proxy")
 
-# Client-facing send mark as the reference: a slow subscriber drops stale
-# room poses instead of replaying them late (NetSync #315).
-CLIENT_SNDHWM = 2
+# Client-facing send mark, small as in the reference (2) so that a slow
+# subscriber drops stale room poses instead of replaying them late (NetSync
+# #315), but 16: libzmq's I/O thread sends the proxy thread a command each
+# time a subscriber's pipe drains to half its mark, so a mark of 2 cost a
+# proxy wake-up per frame delivered (about 2 000 a second in the heavy
+# benchmark, BENCHMARKS.md "Where the CPU goes"); 16 costs one per 8. The
+# staleness it adds is small next to what the kernel's socket buffer already
+# holds for a subscriber that stopped reading (hundreds of snapshots).
+CLIENT_SNDHWM = 16
 # Subscriptions a client may have queued towards the proxy; beyond it libzmq
 # stops reading that client's connection (back-pressure on it alone).
 CLIENT_RCVHWM = 1000

@@ -202,9 +202,10 @@ def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(shard) -> N
         inbox.close()
 
 
-def test_transform_batches_linger_and_control_batches_never_do(ingress: Ingress) -> None:
-    """With transform_batch_linger, poses wait in their batch until the linger
-    has passed (the poll wakes for it); control is pushed in the same pass."""
+def test_transforms_are_read_once_per_linger_and_control_always(ingress: Ingress) -> None:
+    """With transform_batch_linger, the transform port is left alone for the
+    linger after a pass (poses wait in their pipes, the poll wakes when it
+    ends) while control is polled throughout; what a pass reads is pushed at once."""
     import time
 
     ingress.transform_linger = 0.05
@@ -217,23 +218,70 @@ def test_transform_batches_linger_and_control_batches_never_do(ingress: Ingress)
     control.connect(f"tcp://127.0.0.1:{ingress.config.control_port}")
     try:
         client.send_multipart([b"room", b"\x02pose"])
+        wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
+        t0 = time.monotonic()
+        ingress._read_transforms(1000, t0)
+        assert ingress.pushed[Lane.TRANSFORM][0][0] == 1  # pushed in the same pass
+        client.send_multipart([b"room", b"\x02pose2"])
         control.send_multipart([b"room", b"\x03rpc"])
         wait_for(lambda: ingress.transform.poll(0) and ingress.control.poll(0), 5, what="both lanes readable")
-        ingress._pump_inbound(ingress.transform, Lane.TRANSFORM, 1000)
+        # Inside the linger: control is seen, the waiting pose is not.
+        events = dict(ingress._poller_for(t0 + 0.01).poll(0))
+        assert ingress.control in events and ingress.transform not in events
+        assert 0 < ingress._poll_timeout_ms(t0 + 0.01) <= 40
         ingress._pump_inbound(ingress.control, Lane.CONTROL, 1000)
         assert ingress.pushed[Lane.CONTROL][0][0] == 1
-        assert ingress.pushed[Lane.TRANSFORM][0][0] == 0 and ingress.batches[Lane.TRANSFORM][0].count == 1
-        assert 0 < ingress._poll_timeout_ms(time.monotonic()) <= 50
-        ingress._flush_lingering(time.monotonic())
-        assert ingress.pushed[Lane.TRANSFORM][0][0] == 0  # not yet
-        ingress._flush_lingering(time.monotonic() + 0.06)
-        assert ingress.pushed[Lane.TRANSFORM][0][0] == 1 and ingress.transform_pending_since is None
-        # Without a linger every pass pushes at once.
-        ingress.transform_linger = 0.0
-        client.send_multipart([b"room", b"\x02pose2"])
-        wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
-        ingress._pump_inbound(ingress.transform, Lane.TRANSFORM, 1000)
+        # After it: the transform port is polled again.
+        events = dict(ingress._poller_for(t0 + 0.06).poll(0))
+        assert ingress.transform in events
+        ingress._read_transforms(1000, t0 + 0.06)
         assert ingress.pushed[Lane.TRANSFORM][0][0] == 2
+        # Without a linger the transform port is always polled.
+        ingress.transform_linger = 0.0
+        ingress.transform_next_read = 0.0
+        client.send_multipart([b"room", b"\x02pose3"])
+        wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
+        ingress._read_transforms(1000, time.monotonic())
+        assert ingress.pushed[Lane.TRANSFORM][0][0] == 3
+        assert ingress._poller_for(time.monotonic()) is ingress.poller
     finally:
         client.close()
         control.close()
+
+
+def test_credit_is_echoed_per_amount_or_delay_not_per_batch(shard) -> None:
+    """Many small batches cost a handful of echoes, and the last totals are
+    echoed within CREDIT_MAX_DELAY even when traffic stops."""
+    import time
+
+    from relay.frames import parse_credit
+    from shard_worker import worker as worker_module
+
+    worker, egress = shard
+    inbox = zmq.Context.instance().socket(zmq.PUSH)
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.connect(worker.endpoints.shard_inbox(0, Lane.CONTROL))
+    try:
+        worker._turn()  # start: the two RESET credits
+        batch = BatchBuilder(Lane.CONTROL)
+        batches, per_batch = 40, 3
+        for n in range(1, batches + 1):
+            fill(batch, per_batch)
+            inbox.send(batch.take(0x77, (n - 1) * per_batch, 0))  # totals before this batch
+            worker._turn()
+        wait_for(lambda: sum(worker.state.drops.counts.values()) + sum(worker.state.messages_in.values())
+                 >= batches * per_batch, 5, what="every batch handled")
+        stopped = time.monotonic()
+        credits = []
+        while time.monotonic() - stopped < 5 and (not credits or credits[-1][3] < batches * per_batch):
+            worker._turn()  # sleeps until the delayed echo is due
+            while egress.poll(0):
+                credit = parse_credit(egress.recv())
+                if credit is not None and credit[2] != RESET_EPOCH:
+                    credits.append(credit)
+        echoed_after = time.monotonic() - stopped
+        assert credits and credits[-1][2:4] == (0x77, batches * per_batch)
+        assert len(credits) <= 4, credits  # the first at once, then per delay: not one per batch
+        assert echoed_after < worker_module.CREDIT_MAX_DELAY + 0.5
+    finally:
+        inbox.close()
