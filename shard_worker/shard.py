@@ -627,6 +627,11 @@ class ShardState:
                     out.append((topic, payload, max(1, len(room.members))))
         return out
 
+    @property
+    def next_broadcast_at(self) -> float:
+        """When the next broadcast tick is due (monotonic)."""
+        return self._next_broadcast
+
     def next_deadline(self) -> float:
         deadline = min(self._next_broadcast, self._next_cleanup)
         for room_id in self._timer_rooms:

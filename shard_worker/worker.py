@@ -59,6 +59,13 @@ CONTROL_BATCH = 2000
 # Small enough that control waiting behind a transform batch waits ~ms, not tens
 # (read in whole ingress batches of at most 128 messages).
 TRANSFORM_BATCH = 384
+# Poses only matter at a broadcast tick (latest-only), so the transform pipes
+# are read right before each tick -- every pose that arrived in time is in
+# the broadcast, as if read on arrival -- and otherwise at most this often,
+# which bounds what waits in the pipe (a new member's mapping waits at most
+# this long). Reading them on arrival cost a wake-up of this process per
+# ingress batch, the largest share of its CPU (BENCHMARKS.md, "Where the CPU goes").
+TRANSFORM_READ_INTERVAL = 0.05
 ADMIN_BATCH = 64
 STATUS_INTERVAL = 1.0
 # Credit (relay/frames.py) is echoed once this much was read since the last
@@ -149,6 +156,8 @@ class ShardWorker:
         self._reported_marks: dict[int, tuple[int, int, int]] = {}
         # When the reads not yet echoed must be (None: all echoed).
         self._credit_due: float | None = None
+        # When the transform pipes are read next, unless a broadcast tick comes first.
+        self._next_transform_read = now
         self.slow_turns = SlowTurns()
         # First thing after start: release what a predecessor held (frames.py).
         self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
@@ -177,16 +186,16 @@ class ShardWorker:
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.setsockopt(zmq.RECONNECT_IVL, INTERNAL_RECONNECT_MS)
         self.pub.connect(self.endpoints.proxy_xsub)
+        # The transform pipes are not polled: they are read when due (_turn).
         self.poller = zmq.Poller()
         self.poller.register(self.control_inbox, zmq.POLLIN)
-        self.poller.register(self.transform_inbox, zmq.POLLIN)
         self.poller.register(self.admin_sock, zmq.POLLIN)
         if self.config.store:
             cfg = self.config
             mine = cluster_endpoints(cfg.advertise_host, cfg.cluster_port, max(cfg.shards, self.index + 1))
             self.links = ShardLinks(ctx, cfg.cluster_key_file, mine, self.index, self.node_id)
             self.links.follow(self.view_file.view)
-            for sock in (*self.links.inlets.values(), self.links.admin):
+            for sock in (self.links.inlets[Lane.CONTROL], self.links.admin):
                 self.poller.register(sock, zmq.POLLIN)
 
     def _close_sockets(self) -> None:
@@ -228,6 +237,7 @@ class ShardWorker:
             wait = min(wait, self.bucket.seconds_until(len(first.payload) * first.fanout))
         if self._credit_due is not None:
             wait = min(wait, self._credit_due - now)
+        wait = min(wait, self._next_transform_read - now)
         wait = min(wait, self.config.heartbeat_interval)
         return max(0, int(wait * 1000 + 0.999))
 
@@ -254,10 +264,8 @@ class ShardWorker:
             turn.mark("control_journal")
             drain_budget -= self._send_control(drain_budget)
             turn.mark("control_send")
-        if self.transform_inbox in events:
-            self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now, Lane.TRANSFORM)
-        if links is not None and links.inlets[Lane.TRANSFORM] in events:
-            self._read_inbox(links.inlets[Lane.TRANSFORM], TRANSFORM_BATCH, now, Lane.TRANSFORM, credit=False)
+        if now >= self._next_transform_read or now >= self.state.next_broadcast_at:
+            self._read_transforms(now)
         if self.admin_sock in events:
             self._read_admin(self.admin_sock, now)
         if links is not None and links.admin in events:
@@ -288,8 +296,16 @@ class ShardWorker:
             turn.mark("status")
         turn.end(rooms=len(self.state.rooms), ctrl_queue=len(self.control))
 
-    def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float, lane: int, *, credit: bool = True) -> None:
-        """Handle up to ``batch`` messages (whole ingress batches) from one lane.
+    def _read_transforms(self, now: float) -> None:
+        """Read the transform pipes; the next read is due after the interval unless poses were left."""
+        drained = self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now, Lane.TRANSFORM)
+        if self.links is not None:
+            drained &= self._read_inbox(self.links.inlets[Lane.TRANSFORM], TRANSFORM_BATCH, now, Lane.TRANSFORM,
+                                        credit=False)
+        self._next_transform_read = now + TRANSFORM_READ_INTERVAL if drained else now
+
+    def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float, lane: int, *, credit: bool = True) -> bool:
+        """Handle up to ``batch`` messages (whole ingress batches) from one lane; True if it was drained.
 
         ``credit``: batches from this node's ingress are echoed back as credit;
         batches forwarded by other nodes' ingresses are bounded by their PUSH
@@ -300,14 +316,14 @@ class ShardWorker:
         while handled < batch:
             frame = recv_frame_waiting(inbox)
             if frame is None:
-                return
+                return True
             try:
                 if credit:
                     layout = parse_marker(frame)
                     if layout is not None:
                         self._on_routing_marker(layout, now)
                         if self.retiring:
-                            return
+                            return True
                         continue
                     mark = batch_mark(frame)
                     # A batch built without an ingress epoch is credit for no
@@ -329,6 +345,7 @@ class ShardWorker:
                     self.counters["forwarded_in"] += handled - before
             except BatchError as exc:
                 self.state.drops.drop("internal_frame", f"bad batch from ingress: {exc}")
+        return False
 
     def _credit_read(self, lane: int, mark: tuple[int, int, int], now: float) -> None:
         """Schedule the echo of a batch read: soon if much is unreported, else within the delay."""
