@@ -272,6 +272,27 @@ def fanout_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def thread_table(result: dict[str, Any], scenario: str = "heavy") -> list[str]:
+    """CPU and wake-ups per thread of every server at one scenario (bench/thread_usage.py)."""
+    rows = []
+    for p in result["points"]:
+        if p["scenario"] != scenario or "summary" not in p:
+            continue
+        threads = p["summary"]["server"].get("threads") or []
+        for t in threads:
+            if t["cpu_pct"] >= 0.5:
+                rows.append([p["server"], f"{t['process']}/{t['thread']}", _f(t["cpu_pct"]), str(t["wakeups_per_s"])])
+        if threads:
+            rows.append([p["server"], "**total**", _f(sum(t["cpu_pct"] for t in threads)),
+                         str(sum(t["wakeups_per_s"] for t in threads))])
+    if not rows:
+        return []
+    return [f"## Where the CPU goes ({scenario} point)", "",
+            "Per thread over the measured window: CPU (% of one core) and wake-ups per second "
+            "(context switches); threads under 0.5 % left out.", "",
+            _md_table(["server", "process/thread", "CPU %", "wake-ups/s"], rows), ""]
+
+
 # -------------------------------------------------------------------- plots
 def _plots(result: dict[str, Any], stem: Path) -> dict[str, Path]:
     import matplotlib
@@ -388,6 +409,7 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path]) -> str:
         "",
         ramp_table(result),
         "",
+        *thread_table(result),
     ]
     if result["unavailable"]:
         lines += ["## Not measured", ""]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import relay_diagnostics, report
+from bench import relay_diagnostics, report, thread_usage
 from bench.loadgen import LoadConfig
 from bench.loadgen import run as run_load
 from bench.servers import ServerKind, ServerProcess
@@ -235,6 +235,7 @@ class Runner:
                 "cpu_ms_per_1k_msgs": (1e6 * cpu / msgs) if cpu is not None and msgs else None,
                 "peak_rss_mb": sp.peak_rss / 2**20,
                 "exited_during_run": sp.exited(),
+                "threads": sp.threads,
             }
             busy = sp.machine_busy_s
             lg_cpu = summary["loadgen"]["cpu_window_s"]
@@ -248,6 +249,7 @@ class Runner:
             ok, why = slo(summary)
             rec.update(summary=summary, slo_ok=ok, slo_reason=why)
             _log(f"{server.name:9s} {sc.key:10s} {report.one_line(summary)} SLO {why}")
+            _log(f"{'':9s} {'':10s} {thread_usage.summary_line(sp.threads)}")
             if server.kind == "relay":
                 rec["relay_diagnostics"] = relay_diagnostics.collect(sp.tmp / "run", sp.window_start_wall)
                 _log(f"{'':9s} {'':10s} {relay_diagnostics.hop_line(rec['relay_diagnostics'])}")

@@ -27,9 +27,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from bench import thread_usage
 from bench.loadgen import wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,6 +152,10 @@ class ServerProcess:
         self._busy_start = 0.0
         self.machine_busy_s: float | None = None
         self.window_start_wall: float | None = None
+        self._threads_start: thread_usage.ThreadSample = {}
+        self._window_start = 0.0
+        # Per thread of the tree over the window (bench/thread_usage.py).
+        self.threads: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -247,15 +253,21 @@ class ServerProcess:
             self.peak_rss = max(self.peak_rss, total)
 
     def on_phase(self, phase: str) -> None:
-        """Hook for loadgen.run: CPU of the process tree over the window."""
+        """Hook for loadgen.run: CPU of the process tree (and of each thread) over the window."""
         if phase == "window_start":
             self.window_start_wall = time.time()
             self._cpu_start = self._cpu_by_pid()
             self._busy_start = _machine_busy()
+            self._threads_start = thread_usage.sample(self._cpu_start)
+            self._window_start = time.monotonic()
         elif phase == "window_end":
             end = self._cpu_by_pid()
             self.cpu_window_s = sum(v - self._cpu_start.get(pid, 0.0) for pid, v in end.items())
             self.machine_busy_s = _machine_busy() - self._busy_start
+            seconds = time.monotonic() - self._window_start
+            run_dir = self.tmp / "run" if self.server.kind == "relay" else None
+            names = thread_usage.process_names(self.proc.pid, run_dir) if self.proc is not None else {}
+            self.threads = thread_usage.diff(self._threads_start, thread_usage.sample(end), seconds, names)
 
 
 def _machine_busy() -> float:

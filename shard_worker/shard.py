@@ -405,7 +405,9 @@ class ShardState:
             self.messages_in["client_pose"] += 1
             room = self._room(room_id, now)
             out = room.on_client_pose(identity, device_id, flags, body, now)
-            self._timer_rooms.add(room_id)
+            if room.mapping_dirty:
+                # A new member or a changed connection: the mapping timer.
+                self._timer_rooms.add(room_id)
             # Only a new member's queued client variables (announced to the room).
             return self._tag(room, out) if out else []
         if msg_type == _OBJECT_POSE:

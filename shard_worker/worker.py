@@ -44,7 +44,7 @@ from relay.frames import (
 from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
-from relay.status import write_status
+from relay.status import StatusWriter
 from relay.zmq_fast import recv_frame_waiting, send_parts
 from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
@@ -171,6 +171,7 @@ class ShardWorker:
         for lane, sock in ((Lane.CONTROL, self.control_inbox), (Lane.TRANSFORM, self.transform_inbox)):
             sock.setsockopt(zmq.LINGER, 0)
             sock.bind(self.endpoints.shard_inbox(self.index, lane, self.incarnation))
+        self.status_writer = StatusWriter(self.endpoints.status_file(self.name))
         self.admin_sock = ctx.socket(zmq.ROUTER)
         self.admin_sock.setsockopt(zmq.LINGER, 0)
         self.admin_sock.bind(self.endpoints.shard_admin(self.index, self.incarnation))
@@ -205,6 +206,7 @@ class ShardWorker:
             self.links.close()
         self.ctx.term()
         self.slow_turns.close()
+        self.status_writer.close()
 
     # ---------------------------------------------------------------- loop
 
@@ -625,10 +627,12 @@ class ShardWorker:
                 "store": vars(self.store.health()) if self.store is not None else None,
                 "broadcast_out_by_type": dict(self.broadcast_by_type),
                 "slow_turns": self.slow_turns.to_dict(),
+                "status_writes_replaced": self.status_writer.replaced,
+                "status_write_failures": self.status_writer.failures,
                 **self.counters,
             }
         )
-        write_status(self.endpoints.status_file(self.name), status)
+        self.status_writer.submit(status)
 
 
 def run_shard(

@@ -49,7 +49,7 @@ from relay.histogram import ControlHops, LatencyHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
-from relay.status import write_status
+from relay.status import StatusWriter
 from relay.zmq_fast import recv_parts_waiting, send_parts
 from supervisor.ingress_links import IngressLinks
 from supervisor.ingress_slots import ShardSlots
@@ -181,6 +181,7 @@ class Ingress:
         self.inflight_high_water = self.shard_slots.high_water
         # Batches for shards of other nodes, by router target (< 0).
         self.remote_batches: dict[int, dict[int, BatchBuilder]] = {Lane.CONTROL: {}, Lane.TRANSFORM: {}}
+        self.status_writer = StatusWriter(self.endpoints.status_file("ingress"))
         self.poller = zmq.Poller()
         self.poller_no_transform = zmq.Poller()
         self.poller.register(self.egress, zmq.POLLIN)
@@ -203,6 +204,7 @@ class Ingress:
             self.links.close()
         self.ctx.term()
         self.slow_turns.close()
+        self.status_writer.close()
 
     def _drop(self, reason: str, detail: str, count: int = 1) -> None:
         self.drop_log.drop(reason, detail, count)
@@ -470,8 +472,7 @@ class Ingress:
         self.counts["unicast_sent"] += self.outbound.flush_all(self._try_send, time.monotonic())
 
     def _write_status(self) -> None:
-        write_status(
-            self.endpoints.status_file("ingress"),
+        self.status_writer.submit(
             {
                 "pid": os.getpid(),
                 "counts": dict(self.counts),
@@ -501,6 +502,8 @@ class Ingress:
                 "control_latency": self.control_latency.to_dict(),
                 "control_hops": self.control_hops.to_dict(),
                 "slow_turns": self.slow_turns.to_dict(),
+                "status_writes_replaced": self.status_writer.replaced,
+                "status_write_failures": self.status_writer.failures,
             },
         )
 

@@ -1,0 +1,111 @@
+"""CPU and wake-ups of every thread of a server's process tree over a window.
+
+A relayed control message crosses processes (ingress -> shard -> ingress)
+where the bare forwarder handles it in one; each crossing wakes a ZeroMQ I/O
+thread on both sides and the receiving process's main thread. On a small VM
+a wake-up costs more than the Python that runs after it, so the benchmark
+reports, per thread, the CPU it used and how often it was switched in
+(voluntary + involuntary context switches per second, from
+``/proc/<pid>/task/<tid>/status``): what each hop costs, side by side with
+the bare forwarder's two threads.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["ThreadSample", "diff", "process_names", "sample", "summary_line"]
+
+_SWITCHES = re.compile(rb"ctxt_switches:\s+(\d+)")
+_CLK_TCK = 100  # /proc stat times are in clock ticks (USER_HZ, 100 on Linux)
+
+# (pid, tid) -> (thread name, CPU seconds, context switches)
+ThreadSample = dict[tuple[int, int], tuple[str, float, int]]
+
+
+def _read_thread(pid: int, tid: int) -> tuple[str, float, int] | None:
+    base = Path(f"/proc/{pid}/task/{tid}")
+    try:
+        comm = (base / "comm").read_text().strip()
+        stat = (base / "stat").read_bytes()
+        status = (base / "status").read_bytes()
+    except OSError:
+        return None
+    # Fields after the ")" that closes the command name: utime is the 12th, stime the 13th.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    cpu = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    switches = sum(int(n) for n in _SWITCHES.findall(status))
+    return comm, cpu, switches
+
+
+def sample(pids: Iterable[int]) -> ThreadSample:
+    """Every thread of ``pids`` now."""
+    out: ThreadSample = {}
+    for pid in pids:
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir() if t.name.isdigit()]
+        except (OSError, ValueError):
+            continue
+        for tid in tids:
+            got = _read_thread(pid, tid)
+            if got is not None:
+                out[(pid, tid)] = got
+    return out
+
+
+def process_names(root_pid: int, run_dir: Path | None) -> dict[int, str]:
+    """pid -> role: a relay's children by their supervisor name, the root as "supervisor"."""
+    names = {root_pid: "supervisor" if run_dir is not None else "server"}
+    if run_dir is None:
+        return names
+    try:
+        state = orjson.loads((run_dir / "supervisor.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return names
+    for group in ("children", "starting", "retiring"):
+        for name, child in (state.get(group) or {}).items():
+            if isinstance(child, dict) and isinstance(child.get("pid"), int):
+                names[child["pid"]] = name
+    return names
+
+
+def _thread_label(comm: str) -> str:
+    if comm.startswith("ZMQbg/IO/"):
+        return "zmq-io-" + comm.removeprefix("ZMQbg/IO/")
+    if comm.startswith("ZMQbg/"):
+        return "zmq-" + comm.removeprefix("ZMQbg/").lower()
+    if comm.startswith("python") or comm.startswith("relayctl"):
+        return "main"
+    return comm
+
+
+def diff(start: ThreadSample, end: ThreadSample, seconds: float, names: dict[int, str]) -> list[dict[str, Any]]:
+    """Per thread alive at both ends: CPU % of one core and wake-ups per second, busiest first."""
+    rows = []
+    for key, (comm, cpu, switches) in end.items():
+        before = start.get(key)
+        if before is None or seconds <= 0:
+            continue
+        pid = key[0]
+        rows.append({
+            "process": names.get(pid, str(pid)),
+            "thread": _thread_label(comm),
+            "cpu_pct": round((cpu - before[1]) / seconds * 100, 1),
+            "wakeups_per_s": round((switches - before[2]) / seconds),
+        })
+    rows.sort(key=lambda r: (-r["cpu_pct"], r["process"], r["thread"]))
+    return rows
+
+
+def summary_line(rows: list[dict[str, Any]], min_pct: float = 0.5) -> str:
+    """One line: the threads above ``min_pct`` with CPU and wake-ups, then the totals."""
+    shown = [f"{r['process']}/{r['thread']} {r['cpu_pct']:.1f}% {r['wakeups_per_s']}/s"
+             for r in rows if r["cpu_pct"] >= min_pct]
+    total_cpu = sum(r["cpu_pct"] for r in rows)
+    total_wake = sum(r["wakeups_per_s"] for r in rows)
+    return f"threads (CPU % of a core, wake-ups/s): {'; '.join(shown)}; total {total_cpu:.1f}% {total_wake}/s"
