@@ -152,6 +152,23 @@ def shard(tmp_path) -> Iterator[tuple[Any, zmq.Socket]]:
         egress.close()
 
 
+@pytest.fixture
+def control_inbox(shard) -> Iterator[zmq.Socket]:
+    """A PUSH into the shard fixture's control inbox, as the ingress has."""
+    inbox = zmq.Context.instance().socket(zmq.PUSH)
+    inbox.setsockopt(zmq.LINGER, 0)
+    inbox.connect(shard[0].endpoints.shard_inbox(0, Lane.CONTROL))
+    try:
+        yield inbox
+    finally:
+        inbox.close()
+
+
+def handled(worker: Any) -> int:
+    """Messages the worker has taken (handled or dropped)."""
+    return sum(worker.state.drops.counts.values()) + sum(worker.state.messages_in.values())
+
+
 def test_a_shard_announces_its_start_with_a_reset_credit(shard) -> None:
     from relay.frames import parse_credit
 
@@ -167,39 +184,29 @@ def test_a_shard_announces_its_start_with_a_reset_credit(shard) -> None:
     assert credits == {(Lane.CONTROL, RESET_EPOCH), (Lane.TRANSFORM, RESET_EPOCH)}
 
 
-def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(shard) -> None:
+def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(shard, control_inbox) -> None:
     from relay.frames import parse_credit
 
     worker, egress = shard
-    inbox = zmq.Context.instance().socket(zmq.PUSH)
-    inbox.setsockopt(zmq.LINGER, 0)
-    inbox.connect(worker.endpoints.shard_inbox(0, Lane.CONTROL))
-    try:
-        worker._turn()  # start: the two RESET credits
-        batch = BatchBuilder(Lane.CONTROL)
-
-        def handled() -> int:
-            return sum(worker.state.drops.counts.values()) + sum(worker.state.messages_in.values())
-
-        for count, marks in ((3, ()), (2, (0x1234, 10, 1000))):
-            before = handled()
-            fill(batch, count)
-            inbox.send(batch.take(*marks))  # first without an epoch (as forwarded), then local
-            for _ in range(100):
-                worker._turn()  # one batch per turn, so each may be echoed
-                if handled() >= before + count:
-                    break
-        credits = []
-        while egress.poll(200):
-            frame = egress.recv()
-            credit = parse_credit(frame)
-            if credit is not None:
-                credits.append(credit)
-        resets = [c for c in credits if c[2] == RESET_EPOCH]
-        assert len(resets) == 2, credits  # the start announcement only
-        assert (Lane.CONTROL, 0, 0x1234, 12) == credits[-1][:4]
-    finally:
-        inbox.close()
+    worker._turn()  # start: the two RESET credits
+    batch = BatchBuilder(Lane.CONTROL)
+    for count, marks in ((3, ()), (2, (0x1234, 10, 1000))):
+        before = handled(worker)
+        fill(batch, count)
+        control_inbox.send(batch.take(*marks))  # first without an epoch (as forwarded), then local
+        for _ in range(100):
+            worker._turn()  # one batch per turn, so each may be echoed
+            if handled(worker) >= before + count:
+                break
+    credits = []
+    while egress.poll(200):
+        frame = egress.recv()
+        credit = parse_credit(frame)
+        if credit is not None:
+            credits.append(credit)
+    resets = [c for c in credits if c[2] == RESET_EPOCH]
+    assert len(resets) == 2, credits  # the start announcement only
+    assert (Lane.CONTROL, 0, 0x1234, 12) == credits[-1][:4]
 
 
 def test_transforms_are_read_once_per_linger_and_control_always(ingress: Ingress) -> None:
@@ -249,7 +256,7 @@ def test_transforms_are_read_once_per_linger_and_control_always(ingress: Ingress
         control.close()
 
 
-def test_credit_is_echoed_per_amount_or_delay_not_per_batch(shard) -> None:
+def test_credit_is_echoed_per_amount_or_delay_not_per_batch(shard, control_inbox) -> None:
     """Many small batches cost a handful of echoes, and the last totals are
     echoed within CREDIT_MAX_DELAY even when traffic stops."""
     import time
@@ -258,30 +265,23 @@ def test_credit_is_echoed_per_amount_or_delay_not_per_batch(shard) -> None:
     from shard_worker import worker as worker_module
 
     worker, egress = shard
-    inbox = zmq.Context.instance().socket(zmq.PUSH)
-    inbox.setsockopt(zmq.LINGER, 0)
-    inbox.connect(worker.endpoints.shard_inbox(0, Lane.CONTROL))
-    try:
-        worker._turn()  # start: the two RESET credits
-        batch = BatchBuilder(Lane.CONTROL)
-        batches, per_batch = 40, 3
-        for n in range(1, batches + 1):
-            fill(batch, per_batch)
-            inbox.send(batch.take(0x77, (n - 1) * per_batch, 0))  # totals before this batch
-            worker._turn()
-        wait_for(lambda: sum(worker.state.drops.counts.values()) + sum(worker.state.messages_in.values())
-                 >= batches * per_batch, 5, what="every batch handled")
-        stopped = time.monotonic()
-        credits = []
-        while time.monotonic() - stopped < 5 and (not credits or credits[-1][3] < batches * per_batch):
-            worker._turn()  # sleeps until the delayed echo is due
-            while egress.poll(0):
-                credit = parse_credit(egress.recv())
-                if credit is not None and credit[2] != RESET_EPOCH:
-                    credits.append(credit)
-        echoed_after = time.monotonic() - stopped
-        assert credits and credits[-1][2:4] == (0x77, batches * per_batch)
-        assert len(credits) <= 4, credits  # the first at once, then per delay: not one per batch
-        assert echoed_after < worker_module.CREDIT_MAX_DELAY + 0.5
-    finally:
-        inbox.close()
+    worker._turn()  # start: the two RESET credits
+    batch = BatchBuilder(Lane.CONTROL)
+    batches, per_batch = 40, 3
+    for n in range(1, batches + 1):
+        fill(batch, per_batch)
+        control_inbox.send(batch.take(0x77, (n - 1) * per_batch, 0))  # totals before this batch
+        worker._turn()
+    wait_for(lambda: handled(worker) >= batches * per_batch, 5, what="every batch handled")
+    stopped = time.monotonic()
+    credits = []
+    while time.monotonic() - stopped < 5 and (not credits or credits[-1][3] < batches * per_batch):
+        worker._turn()  # sleeps until the delayed echo is due
+        while egress.poll(0):
+            credit = parse_credit(egress.recv())
+            if credit is not None and credit[2] != RESET_EPOCH:
+                credits.append(credit)
+    echoed_after = time.monotonic() - stopped
+    assert credits and credits[-1][2:4] == (0x77, batches * per_batch)
+    assert len(credits) <= 4, credits  # the first at once, then per delay: not one per batch
+    assert echoed_after < worker_module.CREDIT_MAX_DELAY + 0.5
