@@ -465,22 +465,6 @@ class Room:
         self, identity: bytes, device_id: str, flags: int, body: bytes, now: float
     ) -> list[Unicast]:
         stealth = bool(flags & FLAG_STEALTH)
-        member = self.members.get(device_id)
-        if (
-            member is not None
-            and member.transform_identity == identity
-            and member.stealth == stealth
-            and not self._join_syncs
-        ):
-            # The steady state (every pose but a member's first or a change of
-            # connection or stealth): what _touch_member and the checks below
-            # would do, without their calls -- this runs for every pose.
-            member.last_update = now
-            self.numbering.touch(device_id, now)
-            member.pose_body = body
-            member.pose_time = now
-            self.pose_dirty = True
-            return []
         member, created = self._touch_member(
             device_id, now, transform_identity=identity, stealth=stealth
         )
