@@ -14,6 +14,8 @@ import orjson
 import psutil
 import zmq
 
+from bench import thread_usage
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -283,8 +285,8 @@ def thread_table(result: dict[str, Any], scenario: str = "heavy") -> list[str]:
             if t["cpu_pct"] >= 0.5:
                 rows.append([p["server"], f"{t['process']}/{t['thread']}", _f(t["cpu_pct"]), str(t["wakeups_per_s"])])
         if threads:
-            rows.append([p["server"], "**total**", _f(sum(t["cpu_pct"] for t in threads)),
-                         str(sum(t["wakeups_per_s"] for t in threads))])
+            total_cpu, total_wake = thread_usage.totals(threads)
+            rows.append([p["server"], "**total**", _f(total_cpu), str(total_wake)])
     if not rows:
         return []
     return [f"## Where the CPU goes ({scenario} point)", "",

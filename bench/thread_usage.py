@@ -12,6 +12,7 @@ the bare forwarder's two threads.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,10 +20,10 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ThreadSample", "diff", "process_names", "sample", "summary_line"]
+__all__ = ["ThreadSample", "diff", "process_names", "sample", "summary_line", "totals"]
 
 _SWITCHES = re.compile(rb"ctxt_switches:\s+(\d+)")
-_CLK_TCK = 100  # /proc stat times are in clock ticks (USER_HZ, 100 on Linux)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")  # /proc stat times are in clock ticks
 
 # (pid, tid) -> (thread name, CPU seconds, context switches)
 ThreadSample = dict[tuple[int, int], tuple[str, float, int]]
@@ -102,10 +103,14 @@ def diff(start: ThreadSample, end: ThreadSample, seconds: float, names: dict[int
     return rows
 
 
+def totals(rows: list[dict[str, Any]]) -> tuple[float, int]:
+    """(CPU % of a core, wake-ups per second) of all the rows together."""
+    return sum(r["cpu_pct"] for r in rows), sum(r["wakeups_per_s"] for r in rows)
+
+
 def summary_line(rows: list[dict[str, Any]], min_pct: float = 0.5) -> str:
     """One line: the threads above ``min_pct`` with CPU and wake-ups, then the totals."""
     shown = [f"{r['process']}/{r['thread']} {r['cpu_pct']:.1f}% {r['wakeups_per_s']}/s"
              for r in rows if r["cpu_pct"] >= min_pct]
-    total_cpu = sum(r["cpu_pct"] for r in rows)
-    total_wake = sum(r["wakeups_per_s"] for r in rows)
+    total_cpu, total_wake = totals(rows)
     return f"threads (CPU % of a core, wake-ups/s): {'; '.join(shown)}; total {total_cpu:.1f}% {total_wake}/s"
