@@ -9,10 +9,16 @@ one per client message, so those layers are a visible share of its CPU
 socket methods directly with plain int flags; the semantics are the same
 (a multipart message is accepted or refused as a whole at its first frame).
 
-The ``*_waiting`` receivers ask ``ZMQ_EVENTS`` first and return None when
-nothing waits: a drained socket is the normal end of every pump pass, and
-pyzmq builds ``zmq.Again`` with an enum lookup per raise, which cost more
-than the receive itself.
+The ``*_waiting`` receivers return None when nothing waits instead of
+raising. Multipart receivers take each frame after the first as a ``Frame``
+(``copy=False``), whose ``more`` pyzmq fills with a plain C getsockopt:
+``Socket.get(RCVMORE)`` costs an ``enum`` lookup (about 1.2 us) per frame,
+and asking ``ZMQ_EVENTS`` before every message costs another (2 us, and a
+poll() inside libzmq), which together were most of the ingress's receive
+cost. They try the receive and end a drained pass on ``zmq.Again`` (about
+4 us, but once per pass, where one pass over the transform port reads tens
+of poses). Measured: 2.8 against 6.4 us per three-frame message
+(BENCHMARKS.md, "Where the CPU goes").
 """
 
 from __future__ import annotations
@@ -22,11 +28,10 @@ from collections.abc import Sequence
 import zmq
 from zmq.backend import Socket as _BaseSocket
 
-__all__ = ["NOBLOCK", "recv_frame_waiting", "recv_parts_waiting", "send_parts"]
+__all__ = ["NOBLOCK", "recv_frame_waiting", "recv_parts_waiting", "recv_routed_waiting", "send_parts"]
 
 NOBLOCK = int(zmq.NOBLOCK)
 _MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
-_RCVMORE = int(zmq.RCVMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 _send = _BaseSocket.send
@@ -44,11 +49,29 @@ def send_parts(sock: zmq.Socket, parts: Sequence[bytes]) -> None:
 
 def recv_parts_waiting(sock: zmq.Socket) -> list[bytes] | None:
     """One whole message if one waits, else None (never blocks)."""
-    if not _get(sock, _EVENTS) & _POLLIN:
+    try:
+        frame = _recv(sock, NOBLOCK, False)
+    except zmq.Again:
         return None
-    parts = [_recv(sock, NOBLOCK)]
-    while _get(sock, _RCVMORE):
-        parts.append(_recv(sock, NOBLOCK))
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, NOBLOCK, False)
+        parts.append(frame.bytes)
+    return parts
+
+
+def recv_routed_waiting(sock: zmq.Socket) -> list[bytes] | None:
+    """``recv_parts_waiting`` for a ROUTER socket, whose first frame (the
+    peer's routing id) is always followed by more: read as plain bytes."""
+    try:
+        parts = [_recv(sock, NOBLOCK)]
+    except zmq.Again:
+        return None
+    frame = _recv(sock, NOBLOCK, False)
+    parts.append(frame.bytes)
+    while frame.more:
+        frame = _recv(sock, NOBLOCK, False)
+        parts.append(frame.bytes)
     return parts
 
 

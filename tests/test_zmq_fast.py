@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zmq
 
-from relay.zmq_fast import recv_frame_waiting, recv_parts_waiting, send_parts
+from relay.zmq_fast import recv_frame_waiting, recv_parts_waiting, recv_routed_waiting, send_parts
 from tests.support import wait_for
 
 
@@ -56,4 +56,33 @@ def test_single_frames_and_a_full_pipe_refuses_without_blocking() -> None:
     finally:
         a.close(0)
         b.close(0)
+        ctx.term()
+
+
+def test_routed_messages_keep_their_frames_whatever_their_count() -> None:
+    """A ROUTER's reader must not assume a frame count: a client choosing two
+    or four frames gets exactly its own frames back, never a neighbour's."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://routed")
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"peer")
+    dealer.connect("inproc://routed")
+    try:
+        assert recv_routed_waiting(router) is None
+        for parts in ([b"room", b"payload"], [b"only"], [b"a", b"b", b"c"], [b"room", b""]):
+            send_parts(dealer, parts)
+        wait_for(lambda: router.poll(0), 5, what="readable")
+        got = []
+        while (parts := recv_routed_waiting(router)) is not None:
+            got.append(parts)
+        assert got == [
+            [b"peer", b"room", b"payload"],
+            [b"peer", b"only"],
+            [b"peer", b"a", b"b", b"c"],
+            [b"peer", b"room", b""],
+        ]
+    finally:
+        dealer.close(0)
+        router.close(0)
         ctx.term()
