@@ -157,12 +157,13 @@ class RelayConfig:
     # Per shard; 0 = unlimited. Cost = room pose bytes x room members, so this
     # is the fan-out bandwidth one shard may put on the wire (~480 Mbit/s).
     transform_budget_bytes_per_sec: int = 60_000_000
-    # The ingress reads the transform port at most once per this many
-    # seconds and pushes what it read at once (0 = whenever poses arrive).
-    # Poses become room-pose broadcasts only at transform_broadcast_rate, so
-    # this costs no visible freshness and saves ingress and shard wake-ups
-    # under load (supervisor/ingress.py). The control port is always read.
-    transform_batch_linger: float = 0.003
+    # The ingress reads the transform port once per broadcast tick, this many
+    # seconds before it (relay/tick_grid.py), and pushes what it read at once
+    # (0 = whenever poses arrive). Poses become room-pose broadcasts only at
+    # the tick, so a pose read then is in the same broadcast as one read on
+    # arrival, and one ingress and shard wake-up covers the period. The
+    # control port is always read.
+    transform_read_lead: float = 0.005
     ctrl_drain_batch: int = 256
     ctrl_queue_max: int = 100_000
     ctrl_backlog_watermark: int = 5_000
@@ -634,8 +635,11 @@ def _validate(c: RelayConfig) -> list[str]:
 
     if not 1 <= c.shards <= MAX_SHARDS:
         errors.append(f"shards must be between 1 and {MAX_SHARDS}, got {c.shards}")
-    if not 0.0 <= c.transform_batch_linger <= 0.05:
-        errors.append(f"transform_batch_linger must be between 0 and 0.05 s, got {c.transform_batch_linger}")
+    lead = c.transform_read_lead
+    if not (math.isfinite(lead) and 0.0 <= lead <= 0.05):
+        errors.append(f"transform_read_lead must be between 0 and 0.05 s, got {lead}")
+    elif math.isfinite(rate) and 0.5 <= rate <= 60 and lead > 0.5 / rate:
+        errors.append(f"transform_read_lead {lead} s must be at most half the {1 / rate:.3f} s broadcast tick")
     if c.transform_budget_bytes_per_sec < 0:
         errors.append(
             "transform_budget_bytes_per_sec must be >= 0 (0 = unlimited), "

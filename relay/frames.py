@@ -119,6 +119,26 @@ def parse_marker(frame: bytes) -> bytes | None:
     return frame[1:]
 
 
+# ingress -> shard on the transform inlet, one frame: PERIOD_TAG, then the
+# index of the broadcast tick (relay/tick_grid.py) whose poses the ingress has
+# just read and pushed, every one of them before this frame. A shard holds
+# that tick's broadcast until it has read the marker (bounded), so that the
+# broadcast has the period's poses even when the ingress's read ran late.
+PERIOD_TAG = 0xFD
+_PERIOD = struct.Struct("<Bq")
+
+
+def period_marker(tick: int) -> bytes:
+    return _PERIOD.pack(PERIOD_TAG, tick)
+
+
+def parse_period(frame: bytes) -> int | None:
+    """The tick a period marker closes, or None for any other frame."""
+    if len(frame) != _PERIOD.size or frame[0] != PERIOD_TAG:
+        return None
+    return _PERIOD.unpack(frame)[1]
+
+
 class BatchError(ValueError):
     """A batch frame that does not parse: a bug or a foreign peer, never a client."""
 

@@ -136,7 +136,7 @@ class ObjectTable:
         if not self.objects:
             return False
         since = now - self.last_broadcast
-        if self.dirty and since >= self.settings.broadcast_period - 1e-9:
+        if self.dirty and since >= self.settings.broadcast_gap_min:
             return True
         return since >= self.settings.object_idle_broadcast_interval
 

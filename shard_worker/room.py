@@ -576,7 +576,7 @@ class Room:
         since = now - self.last_pose_broadcast
         if since >= self.settings.idle_broadcast_interval:
             return True
-        return self.pose_dirty and since >= self.settings.broadcast_period - 1e-9
+        return self.pose_dirty and since >= self.settings.broadcast_gap_min
 
     def build_room_pose(self, now: float) -> bytes:
         self.pose_dirty = False

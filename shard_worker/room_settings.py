@@ -58,8 +58,19 @@ class RoomSettings:
 
     @property
     def broadcast_period(self) -> float:
-        """Shortest gap between two broadcasts of one room (BEHAVIOR §8, §11)."""
+        """Gap between two broadcasts of one room (BEHAVIOR §8, §11)."""
         return 1.0 / self.transform_broadcast_rate
+
+    @property
+    def broadcast_gap_min(self) -> float:
+        """How soon after its last broadcast a dirty room may broadcast again.
+
+        The shard's tick paces broadcasts (one per period, on the wall-clock
+        grid, relay/tick_grid.py); a tick may come a little early or late
+        (timer wake-ups, a broadcast held for late poses), so a room checks
+        only that it is not ahead by half a period, never a hair-exact period
+        that a tick slightly early would miss for a whole period."""
+        return 0.5 / self.transform_broadcast_rate
 
 
 @dataclass(slots=True)

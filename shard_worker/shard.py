@@ -32,6 +32,7 @@ from relay.protocol.messages import (
     OwnershipRequest,
     Rpc,
 )
+from relay.tick_grid import seconds_to_tick
 from shard_worker.room import (
     NvLimitError,
     RestValidationError,
@@ -552,8 +553,16 @@ class ShardState:
             out.extend(room.broadcast_mapping(now))
         return out
 
-    def tick(self, now: float, ctrl_backlog: int = 0) -> tuple[list[UnicastOut], list[BroadcastOut]]:
-        """Run every timer that is due at ``now``."""
+    def tick(
+        self, now: float, ctrl_backlog: int = 0, *, wall: float | None = None, hold_broadcast: bool = False,
+    ) -> tuple[list[UnicastOut], list[BroadcastOut]]:
+        """Run every timer that is due at ``now``.
+
+        ``wall``: the wall clock now; the next broadcast tick is then put on
+        the shared grid (relay/tick_grid.py), where the ingress reads poses
+        just before it. ``hold_broadcast``: poses of this period are still
+        being read, so a due broadcast waits for the next call.
+        """
         unicasts: list[UnicastOut] = []
         broadcasts: list[BroadcastOut] = []
         for room_id in list(self._timer_rooms):
@@ -570,8 +579,9 @@ class ShardState:
             if expire_devices:
                 self._next_device_sweep = now + self.device_sweep_interval
             unicasts.extend(self._cleanup(now, expire_devices))
-        if now >= self._next_broadcast:
-            self._next_broadcast = now + self.broadcast_interval
+        if now >= self._next_broadcast and not hold_broadcast:
+            interval = self.broadcast_interval
+            self._next_broadcast = now + (interval if wall is None else seconds_to_tick(wall, interval))
             broadcasts = self._broadcast_tick(now, ctrl_backlog)
         return unicasts, broadcasts
 

@@ -37,6 +37,7 @@ from relay.frames import (
     iter_batch,
     node_tag,
     parse_marker,
+    parse_period,
     stamp_sent,
     tag_of,
     unicast_frames,
@@ -45,6 +46,7 @@ from relay.logs import setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
 from relay.status import StatusWriter
+from relay.tick_grid import MAX_POSE_WAIT, period_of_tick
 from relay.zmq_fast import recv_frame_waiting, send_parts
 from shard_worker.control_queue import ControlQueue
 from shard_worker.room import RoomSettings
@@ -60,12 +62,13 @@ CONTROL_BATCH = 2000
 # (read in whole ingress batches of at most 128 messages).
 TRANSFORM_BATCH = 384
 # Poses only matter at a broadcast tick (latest-only), so the transform pipes
-# are read right before each tick -- every pose that arrived in time is in
-# the broadcast, as if read on arrival -- and otherwise at most this often,
-# which bounds what waits in the pipe (a new member's mapping waits at most
-# this long). Reading them on arrival cost a wake-up of this process per
-# ingress batch, the largest share of its CPU (BENCHMARKS.md, "Where the CPU goes").
-TRANSFORM_READ_INTERVAL = 0.05
+# are read right before each tick, just after the ingress pushed the period's
+# poses (relay/tick_grid.py), and otherwise at most every MAX_POSE_WAIT. The
+# tick's broadcast waits, at most this long past due, while a read left poses
+# in the pipe or the ingress's period marker for the tick (relay/frames.py)
+# has not been read yet: a late ingress read then costs the broadcast a few
+# milliseconds, not the period's poses. Control is polled in between.
+BROADCAST_HOLD_MAX = 0.02
 ADMIN_BATCH = 64
 STATUS_INTERVAL = 1.0
 # Credit (relay/frames.py) is echoed once this much was read since the last
@@ -144,6 +147,10 @@ class ShardWorker:
             "routing_markers": 0,
             "forwarded_in": 0,
             "cluster_broadcast_again": 0,
+            # Ticks whose broadcast waited for the period's poses, and those
+            # sent at the bound without them (relay/tick_grid.py).
+            "broadcast_holds": 0,
+            "broadcast_hold_expired": 0,
             "unicast_bytes": 0,
         }
         # Recipients per message type id (control lane, out) and broadcasts per type id.
@@ -158,6 +165,13 @@ class ShardWorker:
         self._credit_due: float | None = None
         # When the transform pipes are read next, unless a broadcast tick comes first.
         self._next_transform_read = now
+        # The ingress marks each tick whose poses it has pushed (it reads the
+        # transform port ahead of the tick only with a read lead).
+        self._expect_periods = config.transform_read_lead > 0
+        self._period_read = -1
+        self._holding_broadcast = False
+        # Well inside a tick, so that a held broadcast never runs into the next.
+        self._hold_max = min(BROADCAST_HOLD_MAX, self.state.broadcast_interval / 4)
         self.slow_turns = SlowTurns()
         # First thing after start: release what a predecessor held (frames.py).
         self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
@@ -230,6 +244,8 @@ class ShardWorker:
     def _poll_timeout_ms(self, now: float) -> int:
         if len(self.control):
             return 0
+        if self._holding_broadcast:
+            return 1  # the transform pipes are not polled: look again shortly
         wait = self.state.next_deadline() - now
         held_at = self.state.next_held_retry()
         if held_at is not None:
@@ -248,7 +264,7 @@ class ShardWorker:
         events = dict(self.poller.poll(self._poll_timeout_ms(now)))
         turn = self.slow_turns
         turn.begin()
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
         drain_budget = self.config.ctrl_drain_batch
         # Control first: transforms waiting in their own pipe cannot delay it,
         # and its answers leave (journaled) before a transform batch is even
@@ -266,8 +282,10 @@ class ShardWorker:
             turn.mark("control_journal")
             drain_budget -= self._send_control(drain_budget)
             turn.mark("control_send")
-        if now >= self._next_transform_read or now >= self.state.next_broadcast_at:
-            self._read_transforms(now)
+        transforms_left = False
+        due = self.state.next_broadcast_at
+        if now >= self._next_transform_read or now >= due:
+            transforms_left = not self._read_transforms(now)
         if self.admin_sock in events:
             self._read_admin(self.admin_sock, now)
         if links is not None and links.admin in events:
@@ -277,7 +295,14 @@ class ShardWorker:
             self._enqueue(self.state.retry_held(now), 0)
         self._cluster_upkeep(now)
         turn.mark("held_upkeep")
-        unicasts, broadcasts = self.state.tick(now, len(self.control))
+        unread = due <= now and (transforms_left or self._period_unread(due, now, wall))
+        hold = unread and now < due + self._hold_max
+        if hold and not self._holding_broadcast:
+            self.counters["broadcast_holds"] += 1
+        elif unread and not hold:
+            self.counters["broadcast_hold_expired"] += 1  # sent without the period's last poses
+        self._holding_broadcast = hold
+        unicasts, broadcasts = self.state.tick(now, len(self.control), wall=wall, hold_broadcast=hold)
         self._enqueue(unicasts, 0)
         for topic, payload, fanout in broadcasts:
             self.pending.put(topic, payload, fanout)
@@ -298,13 +323,20 @@ class ShardWorker:
             turn.mark("status")
         turn.end(rooms=len(self.state.rooms), ctrl_queue=len(self.control))
 
-    def _read_transforms(self, now: float) -> None:
-        """Read the transform pipes; the next read is due after the interval unless poses were left."""
+    def _period_unread(self, due: float, now: float, wall: float) -> bool:
+        """True while the ingress's marker for the tick due at ``due`` is not read."""
+        if not self._expect_periods:
+            return False
+        return self._period_read < period_of_tick(wall - (now - due), self.state.broadcast_interval)
+
+    def _read_transforms(self, now: float) -> bool:
+        """Read the transform pipes; True if drained (else the next read is due at once)."""
         drained = self._read_inbox(self.transform_inbox, TRANSFORM_BATCH, now, Lane.TRANSFORM)
         if self.links is not None:
             drained &= self._read_inbox(self.links.inlets[Lane.TRANSFORM], TRANSFORM_BATCH, now, Lane.TRANSFORM,
                                         credit=False)
-        self._next_transform_read = now + TRANSFORM_READ_INTERVAL if drained else now
+        self._next_transform_read = now + MAX_POSE_WAIT if drained else now
+        return drained
 
     def _read_inbox(self, inbox: zmq.Socket, batch: int, now: float, lane: int, *, credit: bool = True) -> bool:
         """Handle up to ``batch`` messages (whole ingress batches) from one lane; True if it was drained.
@@ -321,6 +353,10 @@ class ShardWorker:
                 return True
             try:
                 if credit:
+                    period = parse_period(frame)
+                    if period is not None:
+                        self._period_read = max(self._period_read, period)
+                        continue
                     layout = parse_marker(frame)
                     if layout is not None:
                         self._on_routing_marker(layout, now)

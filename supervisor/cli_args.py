@@ -98,7 +98,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--guard-device-takeover", dest="guard_device_takeover", action="store_const", const=True,
         default=None, help="refuse a second connection for a device whose first one is live (W14)",
     )
-    _flag(g, "transform_batch_linger", "SECONDS", "read the transform port at most once per this long (0 = on arrival)")
+    _flag(g, "transform_read_lead", "SECONDS",
+          "read the transform port once per broadcast tick, this long before it (0 = on arrival)")
     _flag(
         g,
         "transform_budget_bytes_per_sec",

@@ -42,6 +42,7 @@ from relay.frames import (
     BatchError,
     node_tag,
     parse_credit,
+    period_marker,
     routing_marker,
     unpack_identities,
 )
@@ -50,7 +51,8 @@ from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
 from relay.status import StatusWriter
-from relay.zmq_fast import recv_parts_waiting, send_parts
+from relay.tick_grid import period_of_read, seconds_to_read
+from relay.zmq_fast import recv_parts_waiting, recv_routed_waiting, send_parts
 from supervisor.ingress_links import IngressLinks
 from supervisor.ingress_slots import ShardSlots
 from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
@@ -127,13 +129,13 @@ class Ingress:
         # the shard last reported as read (relay/frames.py). A fresh epoch per
         # ingress process tells its batches from a predecessor's.
         self.epoch = random.getrandbits(32) or 1  # 0 is RESET_EPOCH
-        # The transform ROUTER is read at most once per linger (config
-        # transform_batch_linger; the control ROUTER and the egress are
+        # The transform ROUTER is read once per broadcast tick, just before
+        # it (relay/tick_grid.py; the control ROUTER and the egress are
         # polled all the time): poses wait in their ZeroMQ pipes meanwhile,
-        # so one ingress wake-up, one pushed batch, one shard wake-up and
-        # one credit cover every pose of the period instead of one per pose
-        # or pump pass. Poses become room-pose broadcasts only every 1/rate.
-        self.transform_linger = config.transform_batch_linger
+        # so one ingress wake-up, one pushed batch per shard and one shard
+        # read cover every pose of the period instead of one per arrival.
+        self.transform_lead = config.transform_read_lead
+        self.tick_interval = 1.0 / config.transform_broadcast_rate
         # Not before this (monotonic) is the transform ROUTER read again.
         self.transform_next_read = 0.0
 
@@ -221,14 +223,18 @@ class Ingress:
         return max(0, int(wait * 1000 + 0.999))
 
     def _poller_for(self, now: float) -> zmq.Poller:
-        """Every socket, or all but the transform ROUTER while its linger runs."""
+        """Every socket, or all but the transform ROUTER until its next read is due."""
         return self.poller if now >= self.transform_next_read else self.poller_no_transform
 
     def _read_transforms(self, budget: int, now: float) -> None:
-        """One pass over the transform ROUTER; the next waits out the linger unless poses were left."""
+        """One pass over the transform ROUTER. Unless poses were left, every
+        shard is told which tick's poses it now has, and the next read is due
+        before the next tick."""
         more = self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
-        if not more and self.transform_linger:
-            self.transform_next_read = now + self.transform_linger
+        if not more and self.transform_lead:
+            wall = time.time()
+            self.shard_slots.mark_period(period_marker(period_of_read(wall, self.tick_interval, self.transform_lead)))
+            self.transform_next_read = time.monotonic() + seconds_to_read(wall, self.tick_interval, self.transform_lead)
 
     # ---------------------------------------------------------------- loop
 
@@ -260,7 +266,8 @@ class Ingress:
                 if self.control in events:
                     control_busy = self._pump_inbound(self.control, Lane.CONTROL, BATCH)
                 turn.mark("control_in")
-                if self.transform in events:
+                # Due reads run even with nothing waiting: the shards expect the period marker.
+                if self.transform in events or (self.transform_lead and time.monotonic() >= self.transform_next_read):
                     self._read_transforms(TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH, time.monotonic())
                 now = time.monotonic()
                 turn.mark("transform_in")
@@ -311,7 +318,7 @@ class Ingress:
         more = True
         try:
             while received < budget:
-                frames = recv_parts_waiting(sock)
+                frames = recv_routed_waiting(sock)
                 if frames is None:
                     more = False
                     break

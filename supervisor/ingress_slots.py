@@ -87,6 +87,16 @@ class ShardSlots:
         for slot, push in enumerate(self.pushes[Lane.CONTROL]):
             self._send_marker(slot, push, marker)
 
+    def mark_period(self, marker: bytes) -> None:
+        """Push a period marker (relay/frames.py) to every current worker, behind
+        the poses just pushed. A full pipe skips it: the worker's broadcast
+        then waits out its bound, and ``period_marker_skipped`` counts it."""
+        for push in self.pushes[Lane.TRANSFORM]:
+            try:
+                push.send(marker, zmq.NOBLOCK)
+            except zmq.Again:
+                self.counts["period_marker_skipped"] += 1
+
     def _send_marker(self, slot: int, push: zmq.Socket, marker: bytes) -> None:
         # Not subject to credit: a few hundred bytes, and a worker that never
         # sees it would keep rooms the new layout gives to another.

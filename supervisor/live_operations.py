@@ -46,7 +46,10 @@ RESTART_ONLY = frozenset({
     "rest_host", "rest_token", "rest_token_file", "rest_cors_origins", "rest_request_timeout",
     "rest_max_body_bytes",
     "store", "node_id", "advertise_host", "cluster_port", "cluster_key_file", "membership_ttl",
-    "max_message_bytes", "heartbeat_interval", "transform_batch_linger",
+    "max_message_bytes", "heartbeat_interval", "transform_read_lead",
+    # The ingress reads poses on this rate's tick grid (relay/tick_grid.py):
+    # shards ticking at another rate would miss what it read for them.
+    "transform_broadcast_rate",
     "log_dir", "log_level_console", "log_json_console", "log_rotation", "log_retention",
     "shards",
 })

@@ -430,6 +430,10 @@ def test_corrupt_file_and_bad_env_reported_together(tmp_path: Path) -> None:
             {"transform_broadcast_rate": 0.5, "idle_broadcast_interval": 1.0},
             "idle_broadcast_interval",
         ),
+        ({"transform_read_lead": -0.001}, "transform_read_lead"),
+        ({"transform_read_lead": float("nan")}, "transform_read_lead"),
+        # At 60 Hz a 10 ms lead is over half the tick: reads would serve the wrong one.
+        ({"transform_broadcast_rate": 60.0, "transform_read_lead": 0.01}, "transform_read_lead"),
         ({"poll_timeout": 0}, "poll_timeout"),
         ({"max_global_vars": 0}, "max_global_vars"),
         ({"max_client_vars": 0}, "max_client_vars"),

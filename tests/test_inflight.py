@@ -209,13 +209,15 @@ def test_a_batch_without_an_ingress_epoch_is_never_echoed_as_a_reset(shard, cont
     assert (Lane.CONTROL, 0, 0x1234, 12) == credits[-1][:4]
 
 
-def test_transforms_are_read_once_per_linger_and_control_always(ingress: Ingress) -> None:
-    """With transform_batch_linger, the transform port is left alone for the
-    linger after a pass (poses wait in their pipes, the poll wakes when it
-    ends) while control is polled throughout; what a pass reads is pushed at once."""
+def test_transforms_are_read_once_per_tick_just_before_it_and_control_always(ingress: Ingress) -> None:
+    """The transform port is left alone until ``transform_read_lead`` before
+    the next broadcast tick of the wall-clock grid (poses wait in their pipes,
+    the poll wakes for the read) while control is polled throughout; what a
+    read takes is pushed at once."""
     import time
 
-    ingress.transform_linger = 0.05
+    interval, lead = ingress.tick_interval, ingress.transform_lead
+    assert (interval, lead) == (0.1, 0.005)  # the defaults
     ctx = zmq.Context.instance()
     client = ctx.socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)
@@ -226,25 +228,32 @@ def test_transforms_are_read_once_per_linger_and_control_always(ingress: Ingress
     try:
         client.send_multipart([b"room", b"\x02pose"])
         wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
-        t0 = time.monotonic()
+        t0, wall0 = time.monotonic(), time.time()
         ingress._read_transforms(1000, t0)
         assert ingress.pushed[Lane.TRANSFORM][0][0] == 1  # pushed in the same pass
+        # The next read: lead before a grid point, within one tick.
+        wait = ingress.transform_next_read - t0
+        assert 0 < wait <= interval + 0.003
+        phase = (wall0 + wait + lead) % interval
+        assert min(phase, interval - phase) < 0.003
         client.send_multipart([b"room", b"\x02pose2"])
         control.send_multipart([b"room", b"\x03rpc"])
         wait_for(lambda: ingress.transform.poll(0) and ingress.control.poll(0), 5, what="both lanes readable")
-        # Inside the linger: control is seen, the waiting pose is not.
-        events = dict(ingress._poller_for(t0 + 0.01).poll(0))
+        # Before the read is due: control is seen, the waiting pose is not.
+        before = ingress.transform_next_read - 0.0005
+        events = dict(ingress._poller_for(before).poll(0))
         assert ingress.control in events and ingress.transform not in events
-        assert 0 < ingress._poll_timeout_ms(t0 + 0.01) <= 40
+        assert ingress._poll_timeout_ms(before) == 1
         ingress._pump_inbound(ingress.control, Lane.CONTROL, 1000)
         assert ingress.pushed[Lane.CONTROL][0][0] == 1
-        # After it: the transform port is polled again.
-        events = dict(ingress._poller_for(t0 + 0.06).poll(0))
+        # When it is due: the transform port is polled again.
+        due = ingress.transform_next_read
+        events = dict(ingress._poller_for(due).poll(0))
         assert ingress.transform in events
-        ingress._read_transforms(1000, t0 + 0.06)
+        ingress._read_transforms(1000, due)
         assert ingress.pushed[Lane.TRANSFORM][0][0] == 2
-        # Without a linger the transform port is always polled.
-        ingress.transform_linger = 0.0
+        # With no lead the transform port is always polled (read on arrival).
+        ingress.transform_lead = 0.0
         ingress.transform_next_read = 0.0
         client.send_multipart([b"room", b"\x02pose3"])
         wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
@@ -285,3 +294,92 @@ def test_credit_is_echoed_per_amount_or_delay_not_per_batch(shard, control_inbox
     assert credits and credits[-1][2:4] == (0x77, batches * per_batch)
     assert len(credits) <= 4, credits  # the first at once, then per delay: not one per batch
     assert echoed_after < worker_module.CREDIT_MAX_DELAY + 0.5
+
+
+def test_a_tick_waits_for_the_poses_of_its_period_while_control_is_read_between(shard) -> None:
+    """More poses than one read takes are waiting at the tick: the broadcast
+    waits for the next turn, which reads the rest, and for the ingress's
+    period marker, so every room's broadcast holds its period's poses; then
+    the next tick is on the wall-clock grid."""
+    import time
+
+    from relay.frames import period_marker
+    from relay.protocol import encode
+    from relay.protocol.messages import PROTOCOL_VERSION, ClientPose
+    from relay.tick_grid import period_of_tick
+    from shard_worker import worker as worker_module
+    from tests.test_shard_state import pose_body
+
+    worker, _egress = shard
+    rooms = [f"room-{i}".encode() for i in range(4)]
+    per_room = 128  # one whole ingress batch per room: four batches, 512 poses
+    assert len(rooms) * per_room > worker_module.TRANSFORM_BATCH
+    push = zmq.Context.instance().socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 0)
+    push.connect(worker.endpoints.shard_inbox(0, Lane.TRANSFORM))
+    try:
+        for room in rooms:
+            batch = BatchBuilder(Lane.TRANSFORM)
+            for n in range(per_room):
+                device = f"{room.decode()}-dev-{n}"
+                payload = encode(ClientPose(PROTOCOL_VERSION, device, pose_body(1)))
+                batch.add(0, f"x{device}".encode(), room, payload)
+            push.send(batch.take())
+        wait_for(lambda: worker.transform_inbox.poll(0), 5, what="poses in the shard's pipe")
+        time.sleep(0.3)  # the rest of the batches cross the ipc pipe
+        # The tick falls due now (a broadcast more than BROADCAST_HOLD_MAX
+        # overdue is not held: slow reads must not stop broadcasts).
+        worker.state._next_broadcast = time.monotonic()
+        worker._turn()  # one read's worth, broadcast held
+        assert worker.state.messages_in["client_pose"] == 3 * per_room
+        assert worker.counters["broadcasts_sent"] == 0
+        worker._turn()  # the rest; the ingress's marker for this tick not read yet
+        assert worker.state.messages_in["client_pose"] == 4 * per_room
+        assert worker.counters["broadcasts_sent"] == 0
+        assert worker._poll_timeout_ms(time.monotonic()) == 1  # holding: looks again shortly
+        wall_due = time.time() - (time.monotonic() - worker.state.next_broadcast_at)
+        push.send(period_marker(period_of_tick(wall_due, worker.state.broadcast_interval)))
+        wait_for(lambda: worker.transform_inbox.poll(0), 5, what="period marker in the pipe")
+        worker._turn()  # the marker: the broadcast, with every room's poses
+        assert worker.counters["broadcasts_sent"] == len(rooms)
+        assert (worker.counters["broadcast_holds"], worker.counters["broadcast_hold_expired"]) == (1, 0)
+        assert all(len(worker.state.rooms[r.decode()].members) == per_room for r in rooms)
+        phase = (time.time() + worker.state.next_broadcast_at - time.monotonic()) % worker.state.broadcast_interval
+        assert min(phase, worker.state.broadcast_interval - phase) < 0.005
+    finally:
+        push.close()
+
+
+def test_each_read_before_a_tick_ends_with_the_period_marker_even_with_no_poses(ingress: Ingress) -> None:
+    """The shard holds a tick's broadcast until the marker for it is read, so
+    the ingress sends one after every drained read, also an empty one, behind
+    the poses it pushed."""
+    import time
+
+    from relay.frames import iter_batch, parse_period
+    from relay.tick_grid import period_of_read
+
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind(ingress.endpoints.shard_inbox(0, Lane.TRANSFORM, ingress.shard_slots.slots[0]))
+    client = zmq.Context.instance().socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(f"tcp://127.0.0.1:{ingress.config.transform_port}")
+    try:
+        client.send_multipart([b"room", b"\x02pose"])
+        wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
+        before = time.time()
+        ingress._read_transforms(1000, time.monotonic())
+        ingress._read_transforms(1000, time.monotonic())  # nothing waits: still a marker
+        after = time.time()
+        frames = []
+        while pull.poll(2000) and len(frames) < 3:
+            frames.append(pull.recv())
+        assert [room for *_, room, _payload in iter_batch(frames[0])] == [b"room"]
+        periods = [parse_period(f) for f in frames[1:]]
+        interval, lead = ingress.tick_interval, ingress.transform_lead
+        assert all(p in (period_of_read(before, interval, lead), period_of_read(after, interval, lead))
+                   for p in periods), periods
+    finally:
+        pull.close()
+        client.close()

@@ -287,9 +287,10 @@ def test_stealth_members_are_in_the_mapping_but_never_in_room_pose() -> None:
     )
     assert [e[0] for e in pose_entries(room, 0.0)] == [1]
 
-    # A stealth hello marks the room pose dirty (§4): due again after 1/rate.
-    room.on_hello(b"s", "S", True, 0.05)
-    assert not room.room_pose_due(0.05)
+    # A stealth hello marks the room pose dirty (§4): due again at the next
+    # tick (a gap of 1/rate, give or take a tick's jitter: over half of it).
+    room.on_hello(b"s", "S", True, 0.04)
+    assert not room.room_pose_due(0.04)
     assert room.room_pose_due(0.1)
     assert [e[0] for e in pose_entries(room, 0.1)] == [1]
 
@@ -935,8 +936,8 @@ def test_room_objects_due_rules() -> None:
     room.on_object_pose("A", 1, 1, pose13(1), 1.0)
     assert room.room_objects_due(1.0)
     room.build_room_objects(1.0)
-    room.on_object_pose("A", 1, 2, pose13(2), 1.05)
-    assert not room.room_objects_due(1.05)  # dirty, but within 1/rate
+    room.on_object_pose("A", 1, 2, pose13(2), 1.04)
+    assert not room.room_objects_due(1.04)  # dirty, but well within 1/rate
     assert room.room_objects_due(1.1)
     room.build_room_objects(1.1)
     assert not room.room_objects_due(3.09)  # clean: idle interval
@@ -960,8 +961,8 @@ def test_room_pose_due_rules() -> None:
     assert room.room_pose_due(0.0)
     room.build_room_pose(0.0)
     room.on_client_pose(b"xa", "A", 0, body(2), 0.05)
-    assert not room.room_pose_due(0.09)
-    assert room.room_pose_due(0.1)
+    assert not room.room_pose_due(0.04)  # well within 1/rate
+    assert room.room_pose_due(0.095)  # a tick a hair early still finds it due
     room.build_room_pose(0.1)
     assert not room.room_pose_due(0.5)  # clean
     assert not room.room_pose_due(2.09)

@@ -723,3 +723,31 @@ def test_refused_object_poses_create_no_room_and_are_counted_in_shard_stats() ->
     state.tick(1e6)
     assert "real-room" not in state.rooms
     assert state.stats()["room_counters"]["object_poses_refused"] == 2
+
+
+def test_broadcast_ticks_land_on_the_wall_clock_grid() -> None:
+    """With the wall clock given, the next tick is put on the grid the
+    ingress reads poses for (relay/tick_grid.py), whatever the start phase."""
+    state = new_state(now=100.0)
+    state.handle(XFM, b"xa", b"r", pose("A"), 100.0)
+    _, broadcasts = state.tick(100.0, wall=5000.03)
+    assert [topic for topic, _, _ in broadcasts] == [b"r"]
+    assert state.next_broadcast_at == pytest.approx(100.07)  # wall 5000.1
+    # Without it (the pure tests' clock), the interval from now.
+    state.tick(100.071)
+    assert state.next_broadcast_at == pytest.approx(100.171)
+
+
+def test_a_held_broadcast_waits_for_the_next_call_and_timers_still_run() -> None:
+    state = new_state(now=0.0, nv_flush_interval=0.05)
+    state.handle(XFM, b"xa", b"r", pose("A"), 0.0)
+    state.handle(CTRL, b"a", b"r", gset("A", "k", "v"), 0.0)
+    state.tick(0.0)  # the first broadcast and NV flush
+    state.handle(XFM, b"xa", b"r", pose("A", 1), 0.02)
+    # Within the flush interval: buffered, flushed by the timer.
+    assert state.handle(CTRL, b"a", b"r", gset("A", "k", "w"), 0.02) == []
+    unicasts, broadcasts = state.tick(0.1, hold_broadcast=True)
+    assert broadcasts == [] and state.next_broadcast_at == pytest.approx(0.1)
+    assert of_type(unicasts, GlobalVarSync)  # the NV flush did not wait
+    _, broadcasts = state.tick(0.11)
+    assert [topic for topic, _, _ in broadcasts] == [b"r"]
