@@ -245,7 +245,9 @@ class ShardWorker:
         if len(self.control):
             return 0
         if self._holding_broadcast:
-            return 1  # the transform pipes are not polled: look again shortly
+            # Poses left in the pipe: read on at once. Waiting for the marker:
+            # the transform pipes are not polled, so look again shortly.
+            return 0 if now >= self._next_transform_read else 1
         wait = self.state.next_deadline() - now
         held_at = self.state.next_held_retry()
         if held_at is not None:
