@@ -58,9 +58,10 @@ from shard_worker.store.factory import open_room_store
 log = logging.getLogger("relay.shard")
 
 CONTROL_BATCH = 2000
-# Small enough that control waiting behind a transform batch waits ~ms, not tens
-# (read in whole ingress batches of at most 128 messages).
-TRANSFORM_BATCH = 384
+# Poses handled per turn (whole ingress batches of at most 128 messages): a
+# tick's poses arrive at once (relay/tick_grid.py), and control read between
+# turns then waits behind one batch (well under a millisecond), not the tick's.
+TRANSFORM_BATCH = 128
 # Poses only matter at a broadcast tick (latest-only), so the transform pipes
 # are read right before each tick, just after the ingress pushed the period's
 # poses (relay/tick_grid.py), and otherwise at most every MAX_POSE_WAIT. The

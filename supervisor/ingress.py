@@ -60,12 +60,16 @@ from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
 log = logging.getLogger("relay.ingress")
 
 BATCH = 1000
-TRANSFORM_BATCH_WHEN_CONTROL_BUSY = 100
 MAX_ROOM_BYTES = 255
 MAX_IDENTITY_BYTES = 255 - TAG_SIZE
 # Messages per ingress->shard batch: bounds how much transform work a shard
 # takes in one read, so control waiting in its own pipe is read soon after.
 MAX_BATCH = 128
+# Poses read per pass over the transform ROUTER. A tick's read is hundreds of
+# poses (relay/tick_grid.py); the control ROUTER is polled between passes, so
+# a control message waits behind at most one pass (well under a millisecond),
+# never behind the whole read.
+TRANSFORM_PASS = MAX_BATCH
 STATUS_INTERVAL = 1.0
 CONTROL_IO_THREAD = 1  # ZMQ_AFFINITY bitmasks
 TRANSFORM_IO_THREAD = 2
@@ -226,7 +230,7 @@ class Ingress:
         """Every socket, or all but the transform ROUTER until its next read is due."""
         return self.poller if now >= self.transform_next_read else self.poller_no_transform
 
-    def _read_transforms(self, budget: int, now: float) -> None:
+    def _read_transforms(self, budget: int) -> None:
         """One pass over the transform ROUTER. Unless poses were left, every
         shard is told which tick's poses it now has, and the next read is due
         before the next tick."""
@@ -262,13 +266,12 @@ class Ingress:
                 if self.outbound.queues:
                     self.counts["unicast_sent"] += self.outbound.retry_due(self._try_send, time.monotonic())
                 turn.mark("egress")
-                control_busy = False
                 if self.control in events:
-                    control_busy = self._pump_inbound(self.control, Lane.CONTROL, BATCH)
+                    self._pump_inbound(self.control, Lane.CONTROL, BATCH)
                 turn.mark("control_in")
                 # Due reads run even with nothing waiting: the shards expect the period marker.
                 if self.transform in events or (self.transform_lead and time.monotonic() >= self.transform_next_read):
-                    self._read_transforms(TRANSFORM_BATCH_WHEN_CONTROL_BUSY if control_busy else BATCH, time.monotonic())
+                    self._read_transforms(TRANSFORM_PASS)
                 now = time.monotonic()
                 turn.mark("transform_in")
                 view = self.view_file.poll(now)
