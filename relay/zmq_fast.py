@@ -18,7 +18,9 @@ poll() inside libzmq), which together were most of the ingress's receive
 cost. They try the receive and end a drained pass on ``zmq.Again`` (about
 4 us, but once per pass, where one pass over the transform port reads tens
 of poses). Measured: 2.8 against 6.4 us per three-frame message
-(BENCHMARKS.md, "Where the CPU goes").
+(BENCHMARKS.md, "Where the CPU goes"). The single-frame receiver still asks
+``ZMQ_EVENTS``: a shard's pass reads one or two batches, where a check per
+frame and one ``zmq.Again`` per pass cost the same.
 """
 
 from __future__ import annotations
@@ -53,11 +55,7 @@ def recv_parts_waiting(sock: zmq.Socket) -> list[bytes] | None:
         frame = _recv(sock, NOBLOCK, False)
     except zmq.Again:
         return None
-    parts = [frame.bytes]
-    while frame.more:
-        frame = _recv(sock, NOBLOCK, False)
-        parts.append(frame.bytes)
-    return parts
+    return _with_rest(sock, [], frame)
 
 
 def recv_routed_waiting(sock: zmq.Socket) -> list[bytes] | None:
@@ -67,7 +65,11 @@ def recv_routed_waiting(sock: zmq.Socket) -> list[bytes] | None:
         parts = [_recv(sock, NOBLOCK)]
     except zmq.Again:
         return None
-    frame = _recv(sock, NOBLOCK, False)
+    return _with_rest(sock, parts, _recv(sock, NOBLOCK, False))
+
+
+def _with_rest(sock: zmq.Socket, parts: list[bytes], frame: zmq.Frame) -> list[bytes]:
+    """``parts`` with ``frame`` and every frame after it of the same message."""
     parts.append(frame.bytes)
     while frame.more:
         frame = _recv(sock, NOBLOCK, False)
