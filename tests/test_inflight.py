@@ -22,6 +22,17 @@ from tests.support import free_ports, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
+def _socket(kind: int, *, bind: str = "", connect: str = "") -> zmq.Socket:
+    """A socket of the shared context that closes at once, bound or connected."""
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if bind:
+        sock.bind(bind)
+    if connect:
+        sock.connect(connect)
+    return sock
+
+
 @pytest.fixture
 def ingress(tmp_path) -> Iterator[Ingress]:
     control, transform = free_ports(2)
@@ -56,13 +67,8 @@ def test_inflight_to_a_shard_is_bounded_in_messages_not_frames(ingress: Ingress)
 
 def test_inflight_bytes_are_bounded_and_credit_releases_them(ingress: Ingress, monkeypatch) -> None:
     monkeypatch.setitem(ingress_module.INFLIGHT_LIMITS, Lane.CONTROL, (1000, 20_000))
-    ctx = zmq.Context.instance()
-    shard_inbox = ctx.socket(zmq.PULL)
-    shard_inbox.setsockopt(zmq.LINGER, 0)
-    shard_inbox.bind(ingress.endpoints.shard_inbox(0, Lane.CONTROL))
-    credit_out = ctx.socket(zmq.PUSH)
-    credit_out.setsockopt(zmq.LINGER, 0)
-    credit_out.connect(ingress.endpoints.egress)
+    shard_inbox = _socket(zmq.PULL, bind=ingress.endpoints.shard_inbox(0, Lane.CONTROL))
+    credit_out = _socket(zmq.PUSH, connect=ingress.endpoints.egress)
     try:
         batch = ingress.batches[Lane.CONTROL][0]
         for _ in range(10):
@@ -99,14 +105,9 @@ def test_a_restarted_shard_releases_what_its_predecessor_took_down_with_it(ingre
     """A shard that read the whole allowance into its buffers and died never
     echoes it back; without a reset the ingress would refuse that shard forever."""
     monkeypatch.setitem(ingress_module.INFLIGHT_LIMITS, Lane.CONTROL, (256, 1 << 20))
-    ctx = zmq.Context.instance()
     endpoint = ingress.endpoints.shard_inbox(0, Lane.CONTROL)
-    dead = ctx.socket(zmq.PULL)
-    dead.setsockopt(zmq.LINGER, 0)
-    dead.bind(endpoint)
-    credit_out = ctx.socket(zmq.PUSH)
-    credit_out.setsockopt(zmq.LINGER, 0)
-    credit_out.connect(ingress.endpoints.egress)
+    dead = _socket(zmq.PULL, bind=endpoint)
+    credit_out = _socket(zmq.PUSH, connect=ingress.endpoints.egress)
     try:
         batch = ingress.batches[Lane.CONTROL][0]
         for _ in range(2):
@@ -140,10 +141,8 @@ def shard(tmp_path) -> Iterator[tuple[Any, zmq.Socket]]:
     from shard_worker.worker import ShardWorker
 
     config = RelayConfig(shards=1, data_dir="", run_dir=str(tmp_path))
-    egress = zmq.Context.instance().socket(zmq.PULL)
-    egress.setsockopt(zmq.LINGER, 0)
     worker = ShardWorker(config, 0, str(tmp_path))
-    egress.bind(worker.endpoints.egress)
+    egress = _socket(zmq.PULL, bind=worker.endpoints.egress)
     worker._open_sockets()
     try:
         yield worker, egress
@@ -155,9 +154,7 @@ def shard(tmp_path) -> Iterator[tuple[Any, zmq.Socket]]:
 @pytest.fixture
 def control_inbox(shard) -> Iterator[zmq.Socket]:
     """A PUSH into the shard fixture's control inbox, as the ingress has."""
-    inbox = zmq.Context.instance().socket(zmq.PUSH)
-    inbox.setsockopt(zmq.LINGER, 0)
-    inbox.connect(shard[0].endpoints.shard_inbox(0, Lane.CONTROL))
+    inbox = _socket(zmq.PUSH, connect=shard[0].endpoints.shard_inbox(0, Lane.CONTROL))
     try:
         yield inbox
     finally:
@@ -218,13 +215,8 @@ def test_transforms_are_read_once_per_tick_just_before_it_and_control_always(ing
 
     interval, lead = ingress.tick_interval, ingress.transform_lead
     assert (interval, lead) == (0.1, 0.005)  # the defaults
-    ctx = zmq.Context.instance()
-    client = ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.LINGER, 0)
-    client.connect(f"tcp://127.0.0.1:{ingress.config.transform_port}")
-    control = ctx.socket(zmq.DEALER)
-    control.setsockopt(zmq.LINGER, 0)
-    control.connect(f"tcp://127.0.0.1:{ingress.config.control_port}")
+    client = _socket(zmq.DEALER, connect=f"tcp://127.0.0.1:{ingress.config.transform_port}")
+    control = _socket(zmq.DEALER, connect=f"tcp://127.0.0.1:{ingress.config.control_port}")
     try:
         client.send_multipart([b"room", b"\x02pose"])
         wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
@@ -314,9 +306,7 @@ def test_a_tick_waits_for_the_poses_of_its_period_while_control_is_read_between(
     rooms = [f"room-{i}".encode() for i in range(4)]
     per_room = 128  # one whole ingress batch per room: four batches, 512 poses
     assert len(rooms) * per_room > worker_module.TRANSFORM_BATCH
-    push = zmq.Context.instance().socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
-    push.connect(worker.endpoints.shard_inbox(0, Lane.TRANSFORM))
+    push = _socket(zmq.PUSH, connect=worker.endpoints.shard_inbox(0, Lane.TRANSFORM))
     try:
         for room in rooms:
             batch = BatchBuilder(Lane.TRANSFORM)
@@ -364,12 +354,8 @@ def test_each_read_before_a_tick_ends_with_the_period_marker_even_with_no_poses(
     from relay.frames import iter_batch, parse_period
     from relay.tick_grid import period_of_read
 
-    pull = zmq.Context.instance().socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.bind(ingress.endpoints.shard_inbox(0, Lane.TRANSFORM, ingress.shard_slots.slots[0]))
-    client = zmq.Context.instance().socket(zmq.DEALER)
-    client.setsockopt(zmq.LINGER, 0)
-    client.connect(f"tcp://127.0.0.1:{ingress.config.transform_port}")
+    pull = _socket(zmq.PULL, bind=ingress.endpoints.shard_inbox(0, Lane.TRANSFORM, ingress.shard_slots.slots[0]))
+    client = _socket(zmq.DEALER, connect=f"tcp://127.0.0.1:{ingress.config.transform_port}")
     try:
         client.send_multipart([b"room", b"\x02pose"])
         wait_for(lambda: ingress.transform.poll(0), 5, what="transform readable")
