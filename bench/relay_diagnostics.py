@@ -4,8 +4,11 @@ The ingress publishes the per-hop breakdown of control latency
 (``control_hops``: ingress receive -> shard read -> rules done -> shard send
 -> egress receive -> ROUTER send, relay/histogram.py) and every child its
 slowest loop turns with where their time went (``slow_turns``,
-relay/slow_turns.py). Both are cumulative since the node started, which in
-``bench.run`` is just before the point's warm-up.
+relay/slow_turns.py). Room RPCs the ingress fanned out itself
+(supervisor/rpc_fanout.py) take none of those hops: their receive -> last
+ROUTER send time and how many took which path are ``fanout``. All are
+cumulative since the node started, which in ``bench.run`` is just before the
+point's warm-up.
 """
 
 from __future__ import annotations
@@ -46,13 +49,18 @@ def collect(run_dir: Path, window_start: float | None = None) -> dict[str, Any]:
                "max_in_warmup": bool(window_start and h.get("max_at") and h["max_at"] < window_start)}
         for name, h in (ingress.get("control_hops") or {}).items()
     }
+    fan = ingress.get("fanout_latency") or {}
+    paths = ingress.get("rpc_fanout") or {}
+    fanout = {"p50_ms": quantile(fan, 0.5), "p99_ms": quantile(fan, 0.99), "max_ms": fan.get("max", 0.0) * 1000,
+              "count": fan.get("count", 0),
+              **{k: paths.get(k, 0) for k in ("fast", "slow_pending", "slow_sender")}}
     turns: dict[str, Any] = {}
     for path in sorted(run_dir.glob("status-*.json")):
         slow = _read(path).get("slow_turns")
         if slow:
             child = path.stem.removeprefix("status-")
             turns[child] = {**{k: v for k, v in slow.items() if k != "worst"}, "worst": slow.get("worst", [])[:3]}
-    return {"hops": hops, "slow_turns": turns}
+    return {"hops": hops, "fanout": fanout, "slow_turns": turns}
 
 
 def hop_line(diag: dict[str, Any]) -> str:
@@ -62,6 +70,11 @@ def hop_line(diag: dict[str, Any]) -> str:
         if h["count"]:
             warm = " (max in warm-up)" if h.get("max_in_warmup") else ""
             parts.append(f"{name} {h['p50_ms']:.2f}/{h['p99_ms']:.2f}/{h['max_ms']:.1f}{warm}")
+    fan = diag.get("fanout") or {}
+    if fan.get("count"):
+        parts.append(f"ingress RPC fan-out {fan['p50_ms']:.2f}/{fan['p99_ms']:.2f}/{fan['max_ms']:.1f} "
+                     f"({fan['fast']} fast, {fan['slow_pending']} behind a message in flight, "
+                     f"{fan['slow_sender']} new sender)")
     worst = max(((child, t["worst"][0]) for child, t in diag.get("slow_turns", {}).items() if t["worst"]),
                 key=lambda item: item[1]["ms"], default=None)
     if worst is not None:

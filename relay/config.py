@@ -165,6 +165,12 @@ class RelayConfig:
     # control port is always read.
     transform_read_lead: float = 0.005
     ctrl_drain_batch: int = 256
+    # The ingress fans a room's RPCs out itself, from a route table the
+    # owning shard keeps current, while nothing else of the room is in flight
+    # to that shard (supervisor/rpc_fanout.py): one process crossing per RPC
+    # instead of three. Shards publish no tables (so every RPC goes through
+    # them) when this is off or max_control_rate_per_client is set.
+    rpc_fast_path: bool = True
     ctrl_queue_max: int = 100_000
     ctrl_backlog_watermark: int = 5_000
     # Floor for room poses under control backlog; not checked against

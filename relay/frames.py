@@ -65,6 +65,13 @@ RECORD = struct.Struct("<qBBI")
 # ingress epoch, messages and bytes read (the totals of the last batch read).
 CREDIT = struct.Struct("<BBHIQQ")
 CREDIT_TAG = 0xFF
+# The same frame with DONE_TAG: every control message up to these totals is
+# handled, and all it caused (unicasts, route tables) is on the egress pipe
+# before this frame. The ingress fans out a room's RPCs itself only while
+# nothing it pushed for the room is beyond the shard's last DONE
+# (supervisor/rpc_fanout.py). Unlike credit it is sent at once, but only with
+# the shard's control queue empty.
+DONE_TAG = 0xFC
 # Epoch of a credit sent by a shard at start: "everything before me is gone".
 RESET_EPOCH = 0
 # A credit frame must never be mistaken for a unicast header (and vice versa).
@@ -94,6 +101,18 @@ def parse_credit(frame: bytes) -> tuple[int, int, int, int, int] | None:
         return None
     _tag, lane, shard, epoch, messages, nbytes = CREDIT.unpack(frame)
     return lane, shard, epoch, messages, nbytes
+
+
+def done_frame(shard: int, epoch: int, messages: int) -> bytes:
+    return CREDIT.pack(DONE_TAG, Lane.CONTROL, shard, epoch, messages, 0)
+
+
+def parse_done(frame: bytes) -> tuple[int, int, int] | None:
+    """(shard, epoch, control messages handled) of a DONE frame, else None."""
+    if len(frame) != CREDIT.size or frame[0] != DONE_TAG:
+        return None
+    _tag, _lane, shard, epoch, messages, _nbytes = CREDIT.unpack(frame)
+    return shard, epoch, messages
 
 
 # ingress -> shard on the control inlet, one frame: MARKER_TAG, then the
@@ -137,6 +156,61 @@ def parse_period(frame: bytes) -> int | None:
     if len(frame) != _PERIOD.size or frame[0] != PERIOD_TAG:
         return None
     return _PERIOD.unpack(frame)[1]
+
+
+# Lane of an ingress batch on the transform inlet whose records are room RPCs
+# the ingress has already fanned out to every recipient (supervisor/
+# rpc_fanout.py): the shard only registers the sender as heard from. They
+# ride with the next tick's poses: nothing waits for them.
+DELIVERED_LANE = 2
+# Lane in a unicast header (shard -> ingress) of a room's RPC route table
+# instead of a unicast: [header, room, table, b""] (``encode_routes``).
+ROUTES_LANE = 3
+_ROUTE_ENTRY = struct.Struct("<HB")
+
+
+def encode_routes(entries: list[tuple[int, bytes, bytes]]) -> bytes:
+    """A room's RPC route table: (client number, deviceId UTF-8, tagged control
+    identity) per member with a control connection. Empty: the ingress must
+    leave the room's RPCs to the shard."""
+    return b"".join([_ROUTE_ENTRY.pack(no, len(dev)) + dev + bytes((len(ident),)) + ident
+                     for no, dev, ident in entries])
+
+
+def decode_routes(table: bytes) -> list[tuple[int, bytes, bytes]]:
+    """The entries of ``encode_routes``; raises BatchError if truncated."""
+    out = []
+    pos, end, size = 0, len(table), _ROUTE_ENTRY.size
+    while pos < end:
+        if pos + size > end:
+            raise BatchError("truncated route entry")
+        no, dev_len = _ROUTE_ENTRY.unpack_from(table, pos)
+        dev_at = pos + size
+        id_len_at = dev_at + dev_len
+        if id_len_at >= end:
+            raise BatchError("truncated route entry")
+        id_end = id_len_at + 1 + table[id_len_at]
+        if id_end > end:
+            raise BatchError("truncated route entry")
+        out.append((no, table[dev_at:id_len_at], table[id_len_at + 1:id_end]))
+        pos = id_end
+    return out
+
+
+_SHARD = struct.Struct("<H")
+
+
+def routes_frames(room_id: bytes, table: bytes, node: int, shard: int) -> list[bytes]:
+    """The egress message carrying shard ``shard``'s route table for a room
+    (in order with its unicasts); the last frame names the shard."""
+    return [HEADER.pack(ROUTES_LANE, node, 0, 0, 0, 0, 0), room_id, table, _SHARD.pack(shard)]
+
+
+def routes_shard(frame: bytes) -> int:
+    """The shard of a route-table message (its last frame); BatchError if malformed."""
+    if len(frame) != _SHARD.size:
+        raise BatchError("bad route table sender")
+    return _SHARD.unpack(frame)[0]
 
 
 class BatchError(ValueError):

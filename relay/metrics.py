@@ -47,7 +47,9 @@ Shards (``shard`` = shard index):
 - ``relay_messages_sent_total{shard,lane,type}`` counter: lane=control counts
   unicasts per recipient (one RPC to a room of m members adds m); lane=transform
   counts PUB broadcasts (one per room snapshot; the fan-out to subscribers
-  happens in the proxy, see ``relay_proxy_*``).
+  happens in the proxy, see ``relay_proxy_*``). RPCs the ingress fanned out
+  from a shard's route table count for that shard, here, in
+  ``relay_bytes_sent_total`` and in ``relay_room_events_total{event="rpc_fanout"}``.
 - ``relay_bytes_sent_total{shard,lane}`` counter: payload bytes, control per
   recipient, transform per broadcast.
 - ``relay_egress_frames_total{shard}`` / ``relay_egress_recipients_total{shard}``
@@ -103,6 +105,12 @@ Ingress:
 - ``relay_control_hop_seconds{hop}`` histogram: the same, hop by hop
   (ingress_batch, pipe_to_shard, shard_rules, shard_queue, egress_pipe,
   router_send; relay/histogram.py), for this node's shards.
+- ``relay_rpc_fanout_total{path}`` counter: room RPCs the ingress delivered
+  itself from a route table (``fast``), and those it sent to the shard
+  because the room had a message in flight there (``slow_pending``) or the
+  sender was not in the table (``slow_sender``; supervisor/rpc_fanout.py).
+- ``relay_rpc_fanout_seconds`` histogram: such an RPC received -> handed to
+  the ROUTER for its last recipient.
 
 Every child: ``relay_drops_total{child,reason}`` counter;
 ``relay_slow_turns_total{child,over}`` counter of loop turns over 10 / 50 /
@@ -272,6 +280,12 @@ _SPECS: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "histogram", "Control message received -> unicast handed to the ROUTER.", (),
     ),
     "relay_drops_total": ("counter", "Messages dropped, by reason.", ("child", "reason")),
+    "relay_rpc_fanout_total": (
+        "counter", "Room RPCs by path: delivered by the ingress, or sent to the shard and why.", ("path",),
+    ),
+    "relay_rpc_fanout_seconds": (
+        "histogram", "Room RPC fanned out by the ingress: received -> last ROUTER send.", (),
+    ),
     "relay_control_hop_seconds": (
         "histogram", "Control message time per hop (relay/histogram.py HOPS).", ("hop",),
     ),
@@ -472,6 +486,16 @@ def _ingress_series(st: dict[str, Any], scrape: _Scrape) -> dict[SeriesKey, floa
     _histogram(raw, "relay_control_latency_seconds", (), st.get("control_latency"))
     for hop, hist in (st.get("control_hops") or {}).items():
         _histogram(raw, "relay_control_hop_seconds", (str(hop),), hist)
+    fanout = st.get("rpc_fanout") or {}
+    for path in ("fast", "slow_pending", "slow_sender"):
+        _counter(raw, "relay_rpc_fanout_total", (path,), fanout.get(path, 0))
+    # The ingress sent these for the shard that owns the room: counted with
+    # what that shard sent itself, as if it had (the series add up).
+    for shard, (recipients, nbytes) in (fanout.get("sent_by_shard") or {}).items():
+        _counter(raw, "relay_messages_sent_total", (shard, "control", "rpc"), recipients)
+        _counter(raw, "relay_room_events_total", (shard, "rpc_fanout"), recipients)
+        _counter(raw, "relay_bytes_sent_total", (shard, "control"), nbytes)
+    _histogram(raw, "relay_rpc_fanout_seconds", (), st.get("fanout_latency"))
     return raw
 
 

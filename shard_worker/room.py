@@ -96,6 +96,10 @@ class Room:
         self._counters = counters
         self.pose_dirty = True
         self.mapping_dirty = False
+        # Rooms whose RPC route table (members with a control identity) may
+        # have changed, the shard's set; it republishes them to its ingress
+        # (supervisor/rpc_fanout.py).
+        self.routes_dirty: set[str] = set()
         self.last_pose_broadcast = -1e18
         self.last_mapping_broadcast = -1e18
         self.empty_since: float | None = now
@@ -202,6 +206,7 @@ class Room:
             if client_no is None:
                 continue
             self.members[device_id] = Member(device_id, client_no, identity, None, now, stealth, control_seen=now)
+        self.routes_dirty.add(self.room_id)
         self.nv.track_queued(now)
         if self.members:
             self.empty_since = None
@@ -242,6 +247,18 @@ class Room:
                 self.nv.queued_since[device_id] = min(at, now)
 
     # ------------------------------------------------------------ membership
+
+    def rpc_routes(self) -> list[tuple[int, bytes, bytes]]:
+        """(client number, deviceId UTF-8, control identity) of every member an
+        RPC can come from or go to: the table the ingress fans RPCs out by."""
+        return [(m.client_no, m.device_id.encode("utf-8"), m.control_identity)
+                for m in self.members.values() if m.control_identity]
+
+    def on_rpc_delivered(self, identity: bytes, device_id: str, now: float) -> list[Unicast]:
+        """An RPC the ingress already fanned out from this room's route table:
+        only the sender's registration (BEHAVIOR §3) is left to do."""
+        self._control_sender(identity, device_id, now)
+        return self._with_join_syncs([])
 
     def _control_identities(self) -> tuple[bytes, ...]:
         return tuple(m.control_identity for m in self.members.values() if m.control_identity)
@@ -300,6 +317,8 @@ class Room:
             control_seen=now,
         )
         self.members[device_id] = member
+        if control_identity is not None:
+            self.routes_dirty.add(self.room_id)
         self._journal_member(member)
         self.empty_since = None
         self.mapping_dirty = True
@@ -347,6 +366,7 @@ class Room:
             return None
         if not created and member.control_identity != identity:
             member.control_identity = identity
+            self.routes_dirty.add(self.room_id)
             self._journal_member(member)
             self.mapping_dirty = True
         return member
@@ -385,6 +405,7 @@ class Room:
         elif member.control_identity != identity:
             had_identity = member.control_identity is not None
             member.control_identity = identity
+            self.routes_dirty.add(self.room_id)
             stealth_changed = True  # journals the new identity below
             out.append((to_client, self.mapping_payload()))
             out.extend((to_client, p) for p in self.full_nv_payloads())
@@ -540,6 +561,8 @@ class Room:
 
     def remove_member(self, device_id: str) -> list[Unicast]:
         member = self.members.pop(device_id)
+        if member.control_identity is not None:
+            self.routes_dirty.add(self.room_id)
         self.changes.append(("member_remove", self.room_id, device_id))
         # The pose body leaves with the member (never tied to a bare number).
         self.pose_dirty = True

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from relay.admin import Outcome, ok, refused
+from relay.frames import DELIVERED_LANE, TAG_SIZE, encode_routes
 from relay.histogram import LatencyHistogram
 from relay.logs import RateLimitedLog
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
@@ -117,6 +118,8 @@ class ShardState:
         self.drops = RateLimitedLog(log)
         self.events = RateLimitedLog(log)
         self.messages_in: Counter[str] = Counter()
+        # Of messages_in["rpc"], those the ingress had already fanned out.
+        self.rpcs_delivered_by_ingress = 0
         self.cleanup_interval = cleanup_interval
         self.device_sweep_interval = device_sweep_interval
         self.ctrl_backlog_watermark = ctrl_backlog_watermark
@@ -152,6 +155,9 @@ class ShardState:
         # Every path that can change a room's members, devices or objects
         # reaches it through _room() or _cleanup(), which mark it here.
         self._stats_dirty: set[str] = set()
+        # Rooms whose RPC route table may have changed (Room.rpc_routes): the
+        # worker republishes them to its ingress, a room gone as an empty table.
+        self.routes_dirty: set[str] = set()
         self._room_stats: dict[str, tuple[int, int, int, int]] = {}
         self._totals = [0, 0, 0, 0]  # members, stealth, devices, objects
         # Bounded state (W13): empty rooms leave memory (see _evict_room).
@@ -200,6 +206,7 @@ class ShardState:
         room = Room(room_id, self.settings, now)
         room.changes = self.changes
         room.counters = self.room_counters
+        room.routes_dirty = self.routes_dirty
         evicted = self.evicted.pop(room_id, None)
         if snapshot is not None:
             room.restore(snapshot, now)
@@ -232,6 +239,7 @@ class ShardState:
         """
         del self.rooms[room_id]
         self._stats_dirty.add(room_id)
+        self.routes_dirty.add(room_id)
         self._timer_rooms.discard(room_id)
         if self.store is None:
             self.changes.append(("room_delete", room_id))
@@ -381,6 +389,8 @@ class ShardState:
                 return self._handle_transform(identity, room_id, payload, now)
             if lane == Lane.CONTROL:
                 return self._handle_control(identity, room_id, payload, now)
+            if lane == DELIVERED_LANE:
+                return self._handle_delivered(identity, room_id, payload, now)
             raise ProtocolError("bad_lane", f"unknown lane {lane}")
         except ProtocolError as exc:
             self.drops.drop(exc.reason, f"{str(exc)} (room {room_frame[:64]!r})")
@@ -460,6 +470,32 @@ class ShardState:
         out.extend(self._room_timers(room, now))
         return self._tag(room, out)
 
+    def _handle_delivered(
+        self, identity: bytes, room_id: str, payload: bytes, now: float
+    ) -> list[UnicastOut]:
+        """An RPC the ingress fanned out itself (relay/frames.py DELIVERED_LANE)."""
+        msg = decode_client_payload(Lane.CONTROL, payload)
+        if not isinstance(msg, Rpc):
+            raise ProtocolError("wrong_lane", f"{type(msg).__name__} delivered by the ingress")
+        self.messages_in["rpc"] += 1
+        self.rpcs_delivered_by_ingress += 1
+        room = self._room(room_id, now)
+        out = room.on_rpc_delivered(identity, msg.device_id, now)
+        self._timer_rooms.add(room_id)
+        return self._tag(room, out) if out else []
+
+    def rpc_routes(self, room_id: str, tag: bytes, max_entries: int) -> bytes:
+        """The room's encoded RPC route table for the ingress of the node tagged
+        ``tag``, or b"" (the shard keeps the room's RPCs): the room is gone,
+        a member's control connection is on another node, or it is too big."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return b""
+        entries = room.rpc_routes()
+        if len(entries) > max_entries or any(e[2][:TAG_SIZE] != tag for e in entries):
+            return b""
+        return encode_routes(entries)
+
     @staticmethod
     def _tag(room: Room, unicasts: list) -> list[UnicastOut]:
         rb = room.room_id_bytes
@@ -526,6 +562,7 @@ class ShardState:
             if room is None:
                 continue
             self._stats_dirty.add(room_id)
+            self.routes_dirty.add(room_id)
             if room.pending_globals or room.pending_client:
                 out.extend(self._tag(room, room.flush_nv(now)))
             self._timer_rooms.discard(room_id)
@@ -537,6 +574,7 @@ class ShardState:
         for room_id in room_ids:
             if self.rooms.pop(room_id, None) is not None:
                 self._stats_dirty.add(room_id)
+                self.routes_dirty.add(room_id)
                 self._timer_rooms.discard(room_id)
                 self.handovers["deposed"] += 1
                 log.error("room %r: lease lost to another owner; dropped from memory", room_id)
@@ -599,6 +637,7 @@ class ShardState:
             if room.expired(now):
                 del self.rooms[room_id]
                 self._stats_dirty.add(room_id)
+                self.routes_dirty.add(room_id)
                 self._timer_rooms.discard(room_id)
                 self.changes.append(("room_delete", room_id))
                 self.rooms_expired += 1
@@ -795,6 +834,7 @@ class ShardState:
             "objects": objects,
             "drops": dict(self.drops.counts),
             "messages_in": dict(self.messages_in),
+            "rpcs_delivered_by_ingress": self.rpcs_delivered_by_ingress,
             "skipped_ticks": self.skipped_ticks,
             "rooms_expired": self.rooms_expired,
             "evicted_rooms": len(self.evicted),

@@ -27,6 +27,7 @@ from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import INTERNAL_RECONNECT_MS, NodeEndpoints, cluster_endpoints
 from relay.frames import (
+    DELIVERED_LANE,
     HEADER,
     RESET_EPOCH,
     TAG_SIZE,
@@ -34,10 +35,12 @@ from relay.frames import (
     batch_mark,
     batch_pushed_at,
     credit_frame,
+    done_frame,
     iter_batch,
     node_tag,
     parse_marker,
     parse_period,
+    routes_frames,
     stamp_sent,
     tag_of,
     unicast_frames,
@@ -56,6 +59,8 @@ from shard_worker.shard_links import ShardLinks
 from shard_worker.store.factory import open_room_store
 
 log = logging.getLogger("relay.shard")
+
+_DELIVERED = bytes((DELIVERED_LANE,))
 
 CONTROL_BATCH = 2000
 # Poses handled per turn (whole ingress batches of at most 128 messages): a
@@ -80,6 +85,10 @@ STATUS_INTERVAL = 1.0
 CREDIT_EVERY_MESSAGES = 512
 CREDIT_EVERY_BYTES = 1 << 20
 CREDIT_MAX_DELAY = 0.05
+# Largest room whose RPCs the ingress fans out itself (supervisor/
+# rpc_fanout.py); a bigger room's table (about 50 bytes a member) would be
+# resent on every join and leave, so its RPCs stay with the shard.
+ROUTES_MAX_MEMBERS = 512
 
 
 class ShardWorker:
@@ -153,6 +162,9 @@ class ShardWorker:
             "broadcast_holds": 0,
             "broadcast_hold_expired": 0,
             "unicast_bytes": 0,
+            # RPC route tables queued for the ingress, and refused by a full queue.
+            "routes_published": 0,
+            "routes_refused": 0,
         }
         # Recipients per message type id (control lane, out) and broadcasts per type id.
         self.out_by_type: Counter[int] = Counter()
@@ -176,6 +188,11 @@ class ShardWorker:
         self.slow_turns = SlowTurns()
         # First thing after start: release what a predecessor held (frames.py).
         self._reset_lanes = [Lane.CONTROL, Lane.TRANSFORM]
+        # Route tables for the ingress's RPC fan-out, and the DONE mark that
+        # lets it use them (relay/frames.py): the last control batch read from
+        # this node's ingress, until reported with nothing left to send.
+        self.rpc_fast_path = config.rpc_fast_path and not config.max_control_rate_per_client
+        self._done_mark: tuple[int, int] | None = None
 
     # ------------------------------------------------------------- sockets
 
@@ -283,7 +300,9 @@ class ShardWorker:
         if control_in:
             self._journal()
             turn.mark("control_journal")
+            self._publish_routes()
             drain_budget -= self._send_control(drain_budget)
+            self._send_done()
             turn.mark("control_send")
         transforms_left = False
         due = self.state.next_broadcast_at
@@ -313,7 +332,9 @@ class ShardWorker:
         self._journal()
         self._release_evicted()
         turn.mark("journal")
+        self._publish_routes()
         self._send_control(drain_budget)
+        self._send_done()
         self._send_broadcasts(now)
         if self._reset_lanes or (self._credit_due is not None and now >= self._credit_due):
             self._send_credit()
@@ -372,14 +393,18 @@ class ShardWorker:
                     if mark[0] != RESET_EPOCH:
                         self._read_marks[lane] = mark
                         self._credit_read(lane, mark, now)
+                        if lane == Lane.CONTROL:
+                            self._done_mark = mark[:2]
                 before = handled
                 # Hops are timed only for this node's ingress: another node's
                 # clock is not ours (relay/frames.py HEADER).
                 read_ns = monotonic_ns() if credit else 0
                 pushed_ns = batch_pushed_at(frame) if credit else 0
+                # RPCs the ingress fanned out ride on the transform inlet.
+                record_lane = DELIVERED_LANE if lane == Lane.TRANSFORM and frame[:1] == _DELIVERED else lane
                 for _lane, _origin, recv_ns, identity, room, payload in iter_batch(frame):
                     handled += 1
-                    out = handle(lane, identity, room, payload, now)
+                    out = handle(record_lane, identity, room, payload, now)
                     if out:
                         self._enqueue(out, recv_ns, read_ns, pushed_ns)
                 if not credit:
@@ -609,6 +634,38 @@ class ShardWorker:
             sent += 1
             self.counters["unicast_frames_sent"] += 1
         return sent
+
+    def _publish_routes(self) -> None:
+        """Queue the route table of every room whose table may have changed,
+        in order with the unicasts already queued (supervisor/rpc_fanout.py)."""
+        dirty = self.state.routes_dirty
+        if not dirty:
+            return
+        if not self.rpc_fast_path:
+            dirty.clear()
+            return
+        tables = self.state.rpc_routes
+        for room_id in list(dirty):
+            table = tables(room_id, self.tag, ROUTES_MAX_MEMBERS)
+            if not self.control.push(routes_frames(room_id.encode("utf-8"), table, self.number, self.index)):
+                # Retried next turn; until then no DONE, so the ingress keeps
+                # this shard's rooms on the slow path.
+                self.counters["routes_refused"] += 1
+                return
+            dirty.discard(room_id)
+            self.counters["routes_published"] += 1
+
+    def _send_done(self) -> None:
+        """Report the control messages handled once all they caused is on the egress."""
+        mark = self._done_mark
+        if mark is None or len(self.control) or self.state.routes_dirty or not self.rpc_fast_path:
+            return
+        try:
+            self.egress.send(done_frame(self.index, mark[0], mark[1]), zmq.NOBLOCK)
+        except zmq.Again:
+            self.counters["egress_again"] += 1
+            return
+        self._done_mark = None
 
     def _send_broadcasts(self, now: float) -> None:
         frames = self.pending.frames

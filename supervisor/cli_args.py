@@ -98,6 +98,10 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         "--guard-device-takeover", dest="guard_device_takeover", action="store_const", const=True,
         default=None, help="refuse a second connection for a device whose first one is live (W14)",
     )
+    g.add_argument(
+        "--no-rpc-fast-path", dest="rpc_fast_path", action="store_const", const=False, default=None,
+        help="send every RPC through its room's shard (no fan-out by the ingress)",
+    )
     _flag(g, "transform_read_lead", "SECONDS",
           "read the transform port once per broadcast tick, this long before it (0 = on arrival)")
     _flag(

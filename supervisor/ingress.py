@@ -34,15 +34,19 @@ from relay.cluster.view_file import ViewFile
 from relay.config import RelayConfig
 from relay.endpoints import NodeEndpoints, cluster_endpoints, tcp_bind
 from relay.frames import (
+    DELIVERED_LANE,
     HEADER,
     HEADER_SIZE,
     RESET_EPOCH,
+    ROUTES_LANE,
     TAG_SIZE,
     BatchBuilder,
     BatchError,
     node_tag,
     parse_credit,
+    parse_done,
     period_marker,
+    routes_shard,
     routing_marker,
     unpack_identities,
 )
@@ -56,6 +60,7 @@ from relay.zmq_fast import recv_parts_waiting, recv_routed_waiting, send_parts
 from supervisor.ingress_links import IngressLinks
 from supervisor.ingress_slots import ShardSlots
 from supervisor.outbound import GONE, SENT, WOULDBLOCK, OutboundQueues
+from supervisor.rpc_fanout import RpcFanout
 
 log = logging.getLogger("relay.ingress")
 
@@ -142,6 +147,15 @@ class Ingress:
         self.tick_interval = 1.0 / config.transform_broadcast_rate
         # Not before this (monotonic) is the transform ROUTER read again.
         self.transform_next_read = 0.0
+        # Room RPCs this process delivers itself (supervisor/rpc_fanout.py);
+        # the shard is told with the next tick's poses (DELIVERED_LANE).
+        self.fanout = RpcFanout(self.tag, len(self.view_file.slots))
+        self.fanout_latency = LatencyHistogram()
+        self.fanout_max = 0.0
+        self.delivered: dict[int, BatchBuilder] = {}
+        # Per shard slot: [recipients, bytes] of the RPCs fanned out for its
+        # rooms, counted in that shard's metrics (relay/metrics.py).
+        self.fanout_sent: dict[int, list[int]] = {}
 
     def _open_sockets(self) -> None:
         # Two I/O threads, one per lane (ZMQ_AFFINITY): the network I/O of the
@@ -235,6 +249,8 @@ class Ingress:
         shard is told which tick's poses it now has, and the next read is due
         before the next tick."""
         more = self._pump_inbound(self.transform, Lane.TRANSFORM, budget)
+        if not more:
+            self._flush_delivered()
         if not more and self.transform_lead:
             wall = time.time()
             self.shard_slots.mark_period(period_marker(period_of_read(wall, self.tick_interval, self.transform_lead)))
@@ -268,6 +284,8 @@ class Ingress:
                 turn.mark("egress")
                 if self.control in events:
                     self._pump_inbound(self.control, Lane.CONTROL, BATCH)
+                    if not self.transform_lead:
+                        self._flush_delivered()  # no tick read to ride with
                 turn.mark("control_in")
                 # Due reads run even with nothing waiting: the shards expect the period marker.
                 if self.transform in events or (self.transform_lead and time.monotonic() >= self.transform_next_read):
@@ -281,6 +299,7 @@ class Ingress:
                     self.heartbeat.value = now
                 if now >= next_status:
                     next_status = now + STATUS_INTERVAL
+                    self.fanout.prune()
                     self.drop_log.flush()
                     self._write_status()
                     turn.mark("status")
@@ -298,9 +317,12 @@ class Ingress:
         """A new cluster view or slot layout: switch in the order ShardSlots documents."""
         for lane in (Lane.CONTROL, Lane.TRANSFORM):
             self._flush_batches(lane)
+        self._flush_delivered()
         slots = self.view_file.slots
         if slots != self.shard_slots.slots:
+            old = list(self.shard_slots.slots)
             self.shard_slots.change(slots, self._marker())
+            self.fanout.relayout(old, list(slots), [p[0] for p in self.pushed[Lane.CONTROL]])
             log.info("routing to %d shard slot(s), incarnations %s", len(slots), slots)
         else:
             self.shard_slots.mark(self._marker())
@@ -316,6 +338,8 @@ class Ingress:
         batches = self.batches[lane]
         remote = self.remote_batches[lane]
         tag = self.tag if lane == Lane.CONTROL else b""
+        fanout = self.fanout if lane == Lane.CONTROL else None
+        pushed = self.pushed[lane]
         now_ns = time.monotonic_ns
         received = 0
         more = True
@@ -348,14 +372,60 @@ class Ingress:
                     if batch.count >= MAX_BATCH:
                         self._forward(lane, shard, batch)
                     continue
+                if fanout is not None:
+                    try:
+                        plan = fanout.plan(tag + identity, room, payload, shard)
+                    except Exception:  # a bug costs the fast path of one RPC, not the ingress
+                        self.counts["fanout_errors"] += 1
+                        self.drop_log.exception("fanout_error", "RPC fan-out failed; sent to the shard")
+                        plan = None
+                    if plan is not None:
+                        self._fan_out(shard, tag + identity, room, payload, plan, now_ns())
+                        continue
                 batch = batches[shard]
                 batch.add(now_ns(), tag + identity, room, payload)
+                if fanout is not None and fanout.blocks(tag + identity, room, payload):
+                    fanout.pushed(room, shard, pushed[shard][0] + batch.count)
                 if batch.count >= MAX_BATCH:
                     self._send_batch(lane, shard, batch)
         finally:
             self._flush_batches(lane)
             self.counts["received_control" if lane == Lane.CONTROL else "received_transform"] += received
         return more
+
+    def _fan_out(self, shard: int, identity: bytes, room: bytes, payload: bytes,
+                 plan: tuple[bytes, tuple[bytes, ...]], recv_ns: int) -> None:
+        """Deliver a room RPC from its route table; the shard learns of it later."""
+        out, recipients = plan
+        for recipient in recipients:
+            self._send_unicast(recipient, room, out)
+        sent = self.fanout_sent.get(shard)
+        if sent is None:
+            sent = self.fanout_sent[shard] = [0, 0]
+        sent[0] += len(recipients)
+        sent[1] += len(out) * len(recipients)
+        spent = (time.monotonic_ns() - recv_ns) / 1e9
+        self.control_latency.observe(spent)
+        self.fanout_latency.observe(spent)
+        if spent > self.fanout_max:
+            self.fanout_max = spent
+        batch = self.delivered.get(shard)
+        if batch is None:
+            batch = self.delivered[shard] = BatchBuilder(DELIVERED_LANE, self.number)
+        batch.add(recv_ns, identity, room, payload)
+        if batch.count >= MAX_BATCH:
+            self._send_delivered(shard, batch)
+
+    def _flush_delivered(self) -> None:
+        for shard, batch in self.delivered.items():
+            if batch.count:
+                self._send_delivered(shard, batch)
+
+    def _send_delivered(self, shard: int, batch: BatchBuilder) -> None:
+        if shard < len(self.shard_pushes[Lane.TRANSFORM]):
+            self._send_batch(Lane.TRANSFORM, shard, batch)  # on the transform inlet, under its credit
+        else:
+            batch.clear()  # the slot is gone; its rooms' senders are refreshed by their next message
 
     def _flush_batches(self, lane: int) -> None:
         for shard, batch in enumerate(self.batches[lane]):
@@ -393,10 +463,16 @@ class Ingress:
             self.inflight_high_water[lane][shard] = inflight + count
 
     def _credit(self, frame: bytes) -> bool:
-        """Apply a shard's report of what it has read; False if not a credit frame."""
+        """Apply a shard's report of what it has read (or handled); False if neither."""
         credit = parse_credit(frame)
         if credit is None:
-            return False
+            done = parse_done(frame)
+            if done is None:
+                return False
+            shard, epoch, messages = done
+            if epoch == self.epoch:
+                self.fanout.handled(shard, messages)
+            return True
         lane, shard, epoch, messages, nbytes = credit
         if lane not in self.acked or not 0 <= shard < len(self.acked[lane]):
             return True
@@ -406,6 +482,8 @@ class Ingress:
             # A (re)started shard: whatever its predecessor held is gone.
             acked[0], acked[1] = pushed
             self.counts["credit_resets"] += 1
+            if lane == Lane.CONTROL:
+                self.fanout.reset_shard(shard, pushed[0])
             return True
         if epoch != self.epoch:
             return True  # meant for a predecessor of this process
@@ -426,8 +504,11 @@ class Ingress:
                 self._drop("internal_frame", f"{len(frames)} egress frames")
                 continue
             egress_ns = time.monotonic_ns()
-            _lane, _origin, recv_ns, pushed_ns, read_ns, queued_ns, sent_ns = HEADER.unpack(frames[0])
+            lane, _origin, recv_ns, pushed_ns, read_ns, queued_ns, sent_ns = HEADER.unpack(frames[0])
             room, payload = frames[1], frames[2]
+            if lane == ROUTES_LANE:
+                self._route_table(sock, room, payload, frames[3])
+                continue
             try:
                 identities = unpack_identities(frames[3])
             except BatchError as exc:
@@ -445,6 +526,17 @@ class Ingress:
                 self.control_latency.observe((done_ns - recv_ns) / 1e9)
                 if read_ns and sock is self.egress:
                     self.control_hops.observe(recv_ns, pushed_ns, read_ns, queued_ns, sent_ns, egress_ns, done_ns)
+
+    def _route_table(self, sock: zmq.Socket, room: bytes, table: bytes, sender: bytes) -> None:
+        if sock is not self.egress:
+            self._drop("internal_frame", "route table from another node")
+            return
+        try:
+            shard = routes_shard(sender)
+        except BatchError as exc:
+            self._drop("internal_frame", str(exc))
+            return
+        self.fanout.set_table(shard, room, table)
 
     def _try_send(self, frames: list[bytes]) -> int:
         try:
@@ -511,6 +603,11 @@ class Ingress:
                 "links": self.links.stats() if self.links is not None else None,
                 "control_latency": self.control_latency.to_dict(),
                 "control_hops": self.control_hops.to_dict(),
+                # RPCs delivered from route tables: receive -> last ROUTER send.
+                "fanout_latency": {**self.fanout_latency.to_dict(), "max": self.fanout_max},
+                "rpc_fanout": {**self.fanout.counts, "rooms": len(self.fanout.rooms),
+                               "pending_rooms": len(self.fanout.last_push),
+                               "sent_by_shard": {str(k): v for k, v in self.fanout_sent.items()}},
                 "slow_turns": self.slow_turns.to_dict(),
                 "status_writes_replaced": self.status_writer.replaced,
                 "status_write_failures": self.status_writer.failures,
