@@ -45,14 +45,14 @@ def collect(run_dir: Path, window_start: float | None = None) -> dict[str, Any]:
     ingress = _read(run_dir / "status-ingress.json")
     hops = {
         name: {"p50_ms": quantile(h, 0.5), "p99_ms": quantile(h, 0.99), "max_ms": h.get("max", 0.0) * 1000,
-               "count": h.get("count", 0),
+               "count": h.get("count", 0), "max_at": h.get("max_at"),
                "max_in_warmup": bool(window_start and h.get("max_at") and h["max_at"] < window_start)}
         for name, h in (ingress.get("control_hops") or {}).items()
     }
     fan = ingress.get("fanout_latency") or {}
     paths = ingress.get("rpc_fanout") or {}
     fanout = {"p50_ms": quantile(fan, 0.5), "p99_ms": quantile(fan, 0.99), "max_ms": fan.get("max", 0.0) * 1000,
-              "count": fan.get("count", 0),
+              "count": fan.get("count", 0), "max_at": fan.get("max_at"),
               **{k: paths.get(k, 0) for k in ("fast", "slow_pending", "slow_sender")}}
     turns: dict[str, Any] = {}
     for path in sorted(run_dir.glob("status-*.json")):

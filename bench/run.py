@@ -247,7 +247,9 @@ class Runner:
                 else None,
             }
             ok, why = slo(summary)
-            rec.update(summary=summary, slo_ok=ok, slo_reason=why)
+            # Wall time of the measured window's start: lines the point up
+            # with other clocks (bench/stall_probe.py, hop maxima).
+            rec.update(summary=summary, slo_ok=ok, slo_reason=why, window_start=sp.window_start_wall)
             _log(f"{server.name:9s} {sc.key:10s} {report.one_line(summary)} SLO {why}")
             _log(f"{'':9s} {'':10s} {thread_usage.summary_line(sp.threads)}")
             if server.kind == "relay":

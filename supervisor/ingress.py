@@ -152,6 +152,7 @@ class Ingress:
         self.fanout = RpcFanout(self.tag, len(self.view_file.slots))
         self.fanout_latency = LatencyHistogram()
         self.fanout_max = 0.0
+        self.fanout_max_at = 0.0
         self.delivered: dict[int, BatchBuilder] = {}
         # Per shard slot: [recipients, bytes] of the RPCs fanned out for its
         # rooms, counted in that shard's metrics (relay/metrics.py).
@@ -409,6 +410,7 @@ class Ingress:
         self.fanout_latency.observe(spent)
         if spent > self.fanout_max:
             self.fanout_max = spent
+            self.fanout_max_at = time.time()
         batch = self.delivered.get(shard)
         if batch is None:
             batch = self.delivered[shard] = BatchBuilder(DELIVERED_LANE, self.number)
@@ -604,7 +606,8 @@ class Ingress:
                 "control_latency": self.control_latency.to_dict(),
                 "control_hops": self.control_hops.to_dict(),
                 # RPCs delivered from route tables: receive -> last ROUTER send.
-                "fanout_latency": {**self.fanout_latency.to_dict(), "max": self.fanout_max},
+                "fanout_latency": {**self.fanout_latency.to_dict(), "max": self.fanout_max,
+                                   "max_at": self.fanout_max_at},
                 "rpc_fanout": {**self.fanout.counts, "rooms": len(self.fanout.rooms),
                                "pending_rooms": len(self.fanout.last_push),
                                "sent_by_shard": {str(k): v for k, v in self.fanout_sent.items()}},

@@ -386,3 +386,42 @@ def test_relayctl_status_shows_the_cluster_and_forwarded_traffic(cluster: Cluste
         assert "node links: forwarded out" in out, out
     forwarded = [int(out.split("node links: forwarded out ")[1].split()[0]) for out in outputs]
     assert sum(forwarded) > 0, outputs
+
+
+def test_the_owner_fans_rpcs_out_only_while_every_member_is_its_own(cluster: Cluster) -> None:
+    """The ingress of the room's owner delivers its RPCs itself while all the
+    room's control connections are on that node; once a member joins through
+    another node, the room's RPCs go through its shard again, to everyone."""
+    room = next(f"fan-{i}" for i in range(100) if owner_name(f"fan-{i}", cluster.view()) == "n1")
+    owner, other = cluster.nodes[0], cluster.nodes[1]
+
+    def fast() -> int:
+        return ((owner.child_status("ingress") or {}).get("rpc_fanout") or {}).get("fast", 0)
+
+    a = RawClient(owner, room, "fo-a", subscribe=False)
+    b = RawClient(owner, room, "fo-b", subscribe=False)
+    c = RawClient(other, room, "fo-c", subscribe=False)
+    try:
+        a.join()
+        b.join()
+        before = fast()
+        for i in range(10):
+            a.send_control(Rpc(0, "fo-a", (), f"local-{i}", "[]"))
+        for client in (a, b):
+            got = [client.recv_control_until(lambda m: isinstance(m, Rpc), 5) for _ in range(10)]
+            assert [m.function_name for m in got if m] == [f"local-{i}" for i in range(10)]
+        wait_for(lambda: fast() >= before + 8, 5, what="RPCs fanned out by the owner's ingress")
+        c.join()
+        time.sleep(1.2)  # status files are written every second
+        before = fast()
+        for i in range(10):
+            a.send_control(Rpc(0, "fo-a", (), f"mixed-{i}", "[]"))
+        for client in (a, b, c):
+            got = [client.recv_control_until(lambda m: isinstance(m, Rpc) and m.function_name.startswith("mixed"), 5)
+                   for _ in range(10)]
+            assert [m.function_name for m in got if m] == [f"mixed-{i}" for i in range(10)]
+        time.sleep(1.2)
+        assert fast() == before  # the shard delivered them, the remote member included
+    finally:
+        for client in (a, b, c):
+            client.close()
