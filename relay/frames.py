@@ -95,12 +95,16 @@ def credit_frame(lane: int, shard: int, epoch: int, messages: int, nbytes: int) 
     return CREDIT.pack(CREDIT_TAG, lane, shard, epoch, messages, nbytes)
 
 
+def _credit_fields(frame: bytes, tag: int) -> tuple[int, int, int, int, int] | None:
+    """(lane, shard, epoch, messages, bytes) of a CREDIT-shaped frame with ``tag``, else None."""
+    if len(frame) != CREDIT.size or frame[0] != tag:
+        return None
+    return CREDIT.unpack(frame)[1:]
+
+
 def parse_credit(frame: bytes) -> tuple[int, int, int, int, int] | None:
     """(lane, shard, epoch, messages, bytes) of a credit frame, else None."""
-    if len(frame) != CREDIT.size or frame[0] != CREDIT_TAG:
-        return None
-    _tag, lane, shard, epoch, messages, nbytes = CREDIT.unpack(frame)
-    return lane, shard, epoch, messages, nbytes
+    return _credit_fields(frame, CREDIT_TAG)
 
 
 def done_frame(shard: int, epoch: int, messages: int) -> bytes:
@@ -109,10 +113,8 @@ def done_frame(shard: int, epoch: int, messages: int) -> bytes:
 
 def parse_done(frame: bytes) -> tuple[int, int, int] | None:
     """(shard, epoch, control messages handled) of a DONE frame, else None."""
-    if len(frame) != CREDIT.size or frame[0] != DONE_TAG:
-        return None
-    _tag, _lane, shard, epoch, messages, _nbytes = CREDIT.unpack(frame)
-    return shard, epoch, messages
+    fields = _credit_fields(frame, DONE_TAG)
+    return None if fields is None else fields[1:4]
 
 
 # ingress -> shard on the control inlet, one frame: MARKER_TAG, then the
@@ -164,7 +166,7 @@ def parse_period(frame: bytes) -> int | None:
 # ride with the next tick's poses: nothing waits for them.
 DELIVERED_LANE = 2
 # Lane in a unicast header (shard -> ingress) of a room's RPC route table
-# instead of a unicast: [header, room, table, b""] (``encode_routes``).
+# instead of a unicast: [header, room, table, shard index] (``routes_frames``).
 ROUTES_LANE = 3
 _ROUTE_ENTRY = struct.Struct("<HB")
 

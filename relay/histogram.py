@@ -45,6 +45,27 @@ HOP_BUCKETS = (
 HOPS = ("ingress_batch", "pipe_to_shard", "shard_rules", "shard_queue", "egress_pipe", "router_send")
 
 
+class PeakHistogram(LatencyHistogram):
+    """A latency histogram that also keeps its maximum and the wall time of
+    it: tells a start-up storm from a stall under load."""
+
+    __slots__ = ("max_s", "max_at")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        super().__init__(bounds)
+        self.max_s = 0.0
+        self.max_at = 0.0
+
+    def observe(self, seconds: float) -> None:
+        super().observe(seconds)
+        if seconds > self.max_s:
+            self.max_s = seconds
+            self.max_at = time.time()
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "max": self.max_s, "max_at": self.max_at}
+
+
 class ControlHops:
     """Where a control message's time goes, hop by hop (relay/frames.py HEADER):
 
@@ -56,23 +77,15 @@ class ControlHops:
     Each hop keeps a histogram and its maximum.
     """
 
-    __slots__ = ("hists", "max_s", "max_at")
+    __slots__ = ("hists",)
 
     def __init__(self) -> None:
-        self.hists = [LatencyHistogram(HOP_BUCKETS) for _ in HOPS]
-        self.max_s = [0.0] * len(HOPS)
-        # Wall time of each maximum: tells a start-up storm from a stall under load.
-        self.max_at = [0.0] * len(HOPS)
+        self.hists = [PeakHistogram(HOP_BUCKETS) for _ in HOPS]
 
     def observe(self, *stamps_ns: int) -> None:
         """Seven clock readings (ns), one per hop boundary."""
-        for i in range(len(HOPS)):
-            spent = (stamps_ns[i + 1] - stamps_ns[i]) / 1e9
-            self.hists[i].observe(spent)
-            if spent > self.max_s[i]:
-                self.max_s[i] = spent
-                self.max_at[i] = time.time()
+        for i, hist in enumerate(self.hists):
+            hist.observe((stamps_ns[i + 1] - stamps_ns[i]) / 1e9)
 
     def to_dict(self) -> dict:
-        return {name: {**h.to_dict(), "max": m, "max_at": at}
-                for name, h, m, at in zip(HOPS, self.hists, self.max_s, self.max_at, strict=True)}
+        return {name: h.to_dict() for name, h in zip(HOPS, self.hists, strict=True)}

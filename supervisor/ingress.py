@@ -50,7 +50,7 @@ from relay.frames import (
     routing_marker,
     unpack_identities,
 )
-from relay.histogram import ControlHops, LatencyHistogram
+from relay.histogram import ControlHops, LatencyHistogram, PeakHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
 from relay.slow_turns import SlowTurns
@@ -150,9 +150,7 @@ class Ingress:
         # Room RPCs this process delivers itself (supervisor/rpc_fanout.py);
         # the shard is told with the next tick's poses (DELIVERED_LANE).
         self.fanout = RpcFanout(self.tag, len(self.view_file.slots))
-        self.fanout_latency = LatencyHistogram()
-        self.fanout_max = 0.0
-        self.fanout_max_at = 0.0
+        self.fanout_latency = PeakHistogram()
         self.delivered: dict[int, BatchBuilder] = {}
         # Per shard slot: [recipients, bytes] of the RPCs fanned out for its
         # rooms, counted in that shard's metrics (relay/metrics.py).
@@ -363,29 +361,22 @@ class Ingress:
                     # its length in one byte, with the node tag in front.
                     self._drop("internal_frame", f"routing id over {MAX_IDENTITY_BYTES} bytes")
                     continue
+                sender = tag + identity
                 shard = route(room)
                 if shard < 0:
                     # Owned by a shard of another node: forwarded (cluster mode).
                     batch = remote.get(shard)
                     if batch is None:
                         batch = remote[shard] = BatchBuilder(lane, self.number)
-                    batch.add(now_ns(), tag + identity, room, payload)
+                    batch.add(now_ns(), sender, room, payload)
                     if batch.count >= MAX_BATCH:
                         self._forward(lane, shard, batch)
                     continue
-                if fanout is not None:
-                    try:
-                        plan = fanout.plan(tag + identity, room, payload, shard)
-                    except Exception:  # a bug costs the fast path of one RPC, not the ingress
-                        self.counts["fanout_errors"] += 1
-                        self.drop_log.exception("fanout_error", "RPC fan-out failed; sent to the shard")
-                        plan = None
-                    if plan is not None:
-                        self._fan_out(shard, tag + identity, room, payload, plan, now_ns())
-                        continue
+                if fanout is not None and self._fan_out(shard, sender, room, payload):
+                    continue
                 batch = batches[shard]
-                batch.add(now_ns(), tag + identity, room, payload)
-                if fanout is not None and fanout.blocks(tag + identity, room, payload):
+                batch.add(now_ns(), sender, room, payload)
+                if fanout is not None and fanout.blocks(sender, room, payload):
                     fanout.pushed(room, shard, pushed[shard][0] + batch.count)
                 if batch.count >= MAX_BATCH:
                     self._send_batch(lane, shard, batch)
@@ -394,9 +385,18 @@ class Ingress:
             self.counts["received_control" if lane == Lane.CONTROL else "received_transform"] += received
         return more
 
-    def _fan_out(self, shard: int, identity: bytes, room: bytes, payload: bytes,
-                 plan: tuple[bytes, tuple[bytes, ...]], recv_ns: int) -> None:
-        """Deliver a room RPC from its route table; the shard learns of it later."""
+    def _fan_out(self, shard: int, identity: bytes, room: bytes, payload: bytes) -> bool:
+        """Deliver a room RPC from its route table if ``RpcFanout`` allows it
+        (the shard learns of it later); False: it goes to the shard."""
+        recv_ns = time.monotonic_ns()
+        try:
+            plan = self.fanout.plan(identity, room, payload, shard)
+        except Exception:  # a bug costs the fast path of one RPC, not the ingress
+            self.counts["fanout_errors"] += 1
+            self.drop_log.exception("fanout_error", "RPC fan-out failed; sent to the shard")
+            return False
+        if plan is None:
+            return False
         out, recipients = plan
         for recipient in recipients:
             self._send_unicast(recipient, room, out)
@@ -408,15 +408,13 @@ class Ingress:
         spent = (time.monotonic_ns() - recv_ns) / 1e9
         self.control_latency.observe(spent)
         self.fanout_latency.observe(spent)
-        if spent > self.fanout_max:
-            self.fanout_max = spent
-            self.fanout_max_at = time.time()
         batch = self.delivered.get(shard)
         if batch is None:
             batch = self.delivered[shard] = BatchBuilder(DELIVERED_LANE, self.number)
         batch.add(recv_ns, identity, room, payload)
         if batch.count >= MAX_BATCH:
             self._send_delivered(shard, batch)
+        return True
 
     def _flush_delivered(self) -> None:
         for shard, batch in self.delivered.items():
@@ -606,8 +604,7 @@ class Ingress:
                 "control_latency": self.control_latency.to_dict(),
                 "control_hops": self.control_hops.to_dict(),
                 # RPCs delivered from route tables: receive -> last ROUTER send.
-                "fanout_latency": {**self.fanout_latency.to_dict(), "max": self.fanout_max,
-                                   "max_at": self.fanout_max_at},
+                "fanout_latency": self.fanout_latency.to_dict(),
                 "rpc_fanout": {**self.fanout.counts, "rooms": len(self.fanout.rooms),
                                "pending_rooms": len(self.fanout.last_push),
                                "sent_by_shard": {str(k): v for k, v in self.fanout_sent.items()}},

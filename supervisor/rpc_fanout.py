@@ -148,11 +148,17 @@ class RpcFanout:
             elif old[slot] != incarnation:
                 self.reset_shard(slot, pushed[slot])
 
+    def _is_handled(self, last: tuple[int, int]) -> bool:
+        """Whether the control message ``last`` (shard, push count) is handled.
+        A slot that is gone read everything up to the layout's marker before
+        it handed its rooms over and retired."""
+        shard, count = last
+        return shard >= len(self.done) or self.done[shard] >= count
+
     def prune(self) -> None:
         """Forget rooms whose last control message is handled (bounds ``last_push``
         by the messages in flight)."""
-        done = self.done
-        for room in [r for r, (shard, count) in self.last_push.items() if shard >= len(done) or done[shard] >= count]:
+        for room in [r for r, last in self.last_push.items() if self._is_handled(last)]:
             del self.last_push[room]
 
     # ------------------------------------------------------------- decide
@@ -169,9 +175,7 @@ class RpcFanout:
             return None
         last = self.last_push.get(room)
         if last is not None:
-            # A slot that is gone read everything up to the layout's marker
-            # before it handed its rooms over and retired.
-            if last[0] < len(self.done) and self.done[last[0]] < last[1]:
+            if not self._is_handled(last):
                 self.counts["slow_pending"] += 1
                 return None
             del self.last_push[room]
