@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import time
+import zlib
 from collections import Counter
 from typing import Any
 
@@ -53,6 +54,7 @@ from relay.frames import (
 from relay.histogram import ControlHops, LatencyHistogram, PeakHistogram
 from relay.logs import RateLimitedLog, setup_logging
 from relay.protocol.messages import Lane
+from relay.rpc_trace import RpcTrace
 from relay.slow_turns import SlowTurns
 from relay.status import StatusWriter
 from relay.tick_grid import period_of_read, seconds_to_read
@@ -151,6 +153,8 @@ class Ingress:
         # the shard is told with the next tick's poses (DELIVERED_LANE).
         self.fanout = RpcFanout(self.tag, len(self.view_file.slots))
         self.fanout_latency = PeakHistogram()
+        self.rpc_trace = RpcTrace.from_env("ingress")
+        self.poll_ns = self.turn_ns = 0  # when the current turn's poll began and returned (RPC trace)
         self.delivered: dict[int, BatchBuilder] = {}
         # Per shard slot: [recipients, bytes] of the RPCs fanned out for its
         # rooms, counted in that shard's metrics (relay/metrics.py).
@@ -271,7 +275,11 @@ class Ingress:
         try:
             while not self.stopping:
                 now = time.monotonic()
+                if self.rpc_trace is not None:
+                    self.poll_ns = time.monotonic_ns()
                 events = dict(self._poller_for(now).poll(self._poll_timeout_ms(now)))
+                if self.rpc_trace is not None:
+                    self.turn_ns = time.monotonic_ns()
                 turn = self.slow_turns
                 turn.begin()
                 if self.egress in events:
@@ -307,6 +315,8 @@ class Ingress:
             self._drain_egress_for_shutdown()
         finally:
             self._close_sockets()
+            if self.rpc_trace is not None:
+                self.rpc_trace.write()
             log.info("ingress stopped")
 
     def _marker(self) -> bytes:
@@ -405,7 +415,10 @@ class Ingress:
             sent = self.fanout_sent[shard] = [0, 0]
         sent[0] += len(recipients)
         sent[1] += len(out) * len(recipients)
-        spent = (time.monotonic_ns() - recv_ns) / 1e9
+        done_ns = time.monotonic_ns()
+        spent = (done_ns - recv_ns) / 1e9
+        if self.rpc_trace is not None:
+            self.rpc_trace.record(zlib.crc32(payload), self.poll_ns, self.turn_ns, recv_ns, done_ns)
         self.control_latency.observe(spent)
         self.fanout_latency.observe(spent)
         batch = self.delivered.get(shard)
