@@ -283,16 +283,22 @@ def thread_table(result: dict[str, Any], scenario: str = "heavy") -> list[str]:
         threads = p["summary"]["server"].get("threads") or []
         for t in threads:
             if t["cpu_pct"] >= 0.5:
-                rows.append([p["server"], f"{t['process']}/{t['thread']}", _f(t["cpu_pct"]), str(t["wakeups_per_s"])])
+                rows.append([p["server"], f"{t['process']}/{t['thread']}", _f(t["cpu_pct"]), str(t["wakeups_per_s"]),
+                             str(t.get("runq_us_per_slice", "–"))])
         if threads:
             total_cpu, total_wake = thread_usage.totals(threads)
-            rows.append([p["server"], "**total**", _f(total_cpu), str(total_wake)])
+            rows.append([p["server"], "**total**", _f(total_cpu), str(total_wake), ""])
+        for t in p["summary"]["loadgen"].get("threads") or []:
+            if t["cpu_pct"] >= 0.5:
+                rows.append([f"{p['server']} (load generator)", f"{t['process']}/{t['thread']}", _f(t["cpu_pct"]),
+                             str(t["wakeups_per_s"]), str(t.get("runq_us_per_slice", "–"))])
     if not rows:
         return []
     return [f"## Where the CPU goes ({scenario} point)", "",
-            "Per thread over the measured window: CPU (% of one core) and wake-ups per second "
-            "(context switches); threads under 0.5 % left out.", "",
-            _md_table(["server", "process/thread", "CPU %", "wake-ups/s"], rows), ""]
+            "Per thread over the measured window: CPU (% of one core), wake-ups per second "
+            "(context switches) and the mean time it sat runnable waiting for a CPU per time slice "
+            "(schedstat); threads under 0.5 % left out. The load generator's threads follow each server's.", "",
+            _md_table(["server", "process/thread", "CPU %", "wake-ups/s", "runnable wait µs/slice"], rows), ""]
 
 
 # -------------------------------------------------------------------- plots

@@ -252,6 +252,7 @@ class Runner:
             rec.update(summary=summary, slo_ok=ok, slo_reason=why, window_start=sp.window_start_wall)
             _log(f"{server.name:9s} {sc.key:10s} {report.one_line(summary)} SLO {why}")
             _log(f"{'':9s} {'':10s} {thread_usage.summary_line(sp.threads)}")
+            _log(f"{'':9s} {'':10s} load generator {thread_usage.summary_line(summary['loadgen']['threads'])}")
             if server.kind == "relay":
                 rec["relay_diagnostics"] = relay_diagnostics.collect(sp.tmp / "run", sp.window_start_wall)
                 _log(f"{'':9s} {'':10s} {relay_diagnostics.hop_line(rec['relay_diagnostics'])}")

@@ -11,8 +11,10 @@ import time
 import psutil
 import pytest
 
+from bench import rpc_trace
 from bench.loadgen import LoadConfig, run
 from bench.servers import BIN, ServerKind, ServerProcess
+from relay.rpc_trace import ENV
 
 pytestmark = pytest.mark.integration
 
@@ -45,6 +47,9 @@ def _check(summary: dict) -> None:
     assert summary["nv"]["n"] > 0, summary["nv"]
     assert summary["freshness"]["n"] > 0
     assert summary["loadgen"]["cpu_window_s"] > 0.0
+    # The load generator's own threads over the window (bench/thread_usage.py).
+    threads = {(t["process"], t["thread"]) for t in summary["loadgen"]["threads"]}
+    assert ("loadgen-0", "main") in threads, threads
 
 
 def _assert_gone(pids: set[int]) -> None:
@@ -88,7 +93,10 @@ def test_loadgen_against_bare_forwarder() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_loadgen_against_relay() -> None:
+def test_loadgen_against_relay(tmp_path, monkeypatch) -> None:
+    # With the RPC trace on, the relay's ingress and the load generator both
+    # record each fanned-out RPC; joined, every receipt splits into hops.
+    monkeypatch.setenv(ENV, str(tmp_path))
     if not (BIN / "relayctl").exists():
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("relayctl is not installed: make test installs the package")
@@ -106,3 +114,6 @@ def test_loadgen_against_relay() -> None:
         sp.stop()
     _check(summary)
     _assert_gone(pids)
+    joined, missing = rpc_trace.join(str(tmp_path))
+    assert len(joined) >= summary["rpc"]["n"] // 2, (len(joined), missing, summary["rpc"])
+    assert all(total - len(hops) <= sum(hops) <= total for total, hops, _ in joined)

@@ -173,5 +173,6 @@ def merge(cfg: LoadConfig, results: list[dict[str, Any]], window: float) -> dict
             "cpu_util_window": tot.get("cpu_window_s", 0.0) / window if window else None,
             "loops": int(tot.get("loops", 0)),
             "sweep_drains": int(tot.get("sweep_drains", 0)),
+            "threads": [t for r in results for t in r.get("threads", [])],
         },
     }

@@ -17,16 +17,21 @@ The parent talks to the worker through a Pipe whose fd is in the same poller.
 from __future__ import annotations
 
 import math
+import os
 import random
 import resource
 import struct
 import time
 import traceback
+import zlib
 from array import array
 from multiprocessing.connection import Connection
 from typing import Any
 
 import zmq
+
+from bench import thread_usage
+from relay.rpc_trace import RpcTrace
 
 from . import wire
 from .config import LoadConfig
@@ -139,6 +144,9 @@ class _Worker:
         self.rp_min_count = 1 << 30
         self.fresh_us = array("q")
         self.rpc_lat_us = array("q")
+        self.rpc_trace = RpcTrace.from_env(f"loadgen-{cfg.tag}-{index}")
+        self.poll_ns = 0  # when the loop last entered poll (RPC trace)
+        self.threads: list[dict[str, Any]] = []  # own threads over the window (bench/thread_usage.py)
         self.nv_lat_us = array("q")
         self.rpc_receipts: dict[int, int] = {}
         self.rpc_sent: list[tuple[int, int]] = []
@@ -233,7 +241,10 @@ class _Worker:
                     continue
                 parts = parsed[1][2:-2].split(b'","')
                 key = (int(parts[0]) << 20) | int(parts[1])
-                self.rpc_lat_us.append((time.monotonic_ns() - int(parts[2])) // 1000)
+                recv_ns = time.monotonic_ns()
+                self.rpc_lat_us.append((recv_ns - int(parts[2])) // 1000)
+                if self.rpc_trace is not None:
+                    self.rpc_trace.record(zlib.crc32(payload), int(parts[2]), self.poll_ns, int(now * 1e9), recv_ns)
                 self.rpc_receipts[key] = self.rpc_receipts.get(key, 0) + 1
             elif t == wire.MSG_GLOBAL_VAR_SYNC or t == wire.MSG_GLOBAL_VAR_SET:
                 for name, value in wire.iter_global_vars(payload):
@@ -370,6 +381,7 @@ class _Worker:
         probe_next = float("inf")
         probe_state: dict[int, list[float]] = {}
         cpu_ws = cpu_we = 0.0
+        threads_ws: thread_usage.ThreadSample = {}
         phase = 0  # 0 join/warm-up, 1 window, 2 grace
         poll = self.poller.poll
         kinds = self.kinds
@@ -412,6 +424,7 @@ class _Worker:
             if phase == 0 and now >= self.ws:
                 phase = 1
                 cpu_ws = _cpu()
+                threads_ws = thread_usage.sample([os.getpid()])
                 for c in clients:
                     c.member_at_ws = c.client_no is not None
                 for c in self.probes:
@@ -426,6 +439,8 @@ class _Worker:
             if phase == 1 and now >= self.we:
                 phase = 2
                 cpu_we = _cpu()
+                self.threads = thread_usage.diff(threads_ws, thread_usage.sample([os.getpid()]), self.we - self.ws,
+                                                 {os.getpid(): f"loadgen-{self.index}"})
                 probe_next = float("inf")
             if now >= self.end:
                 break
@@ -459,6 +474,7 @@ class _Worker:
                 deadline = min(deadline, now + 0.005)
             # zmq rounds the timeout down to whole ms: round up instead of spinning
             timeout = max(0, math.ceil((deadline - time.monotonic()) * 1000.0))
+            self.poll_ns = time.monotonic_ns()
             events = poll(timeout)
             self.loops += 1
             if not events:
@@ -474,6 +490,8 @@ class _Worker:
                 else:
                     self._on_ctl(sock, c, now)
 
+        if self.rpc_trace is not None:
+            self.rpc_trace.write()
         self.conn.send(("result", self._result(cpu_ws, cpu_we, len(clients))))
         for _, _, sock in self.polled:
             sock.close(0)
@@ -537,4 +555,5 @@ class _Worker:
             "cpu_total_s": _cpu(),
             "loops": self.loops,
             "sweep_drains": self.sweep_drains,
+            "threads": self.threads,
         }
