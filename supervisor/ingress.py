@@ -316,7 +316,10 @@ class Ingress:
         finally:
             self._close_sockets()
             if self.rpc_trace is not None:
-                self.rpc_trace.write()
+                try:
+                    self.rpc_trace.write()
+                except OSError as exc:  # a diagnostic must not fail the stop
+                    log.warning("RPC trace not written to %s: %s", self.rpc_trace.path, exc)
             log.info("ingress stopped")
 
     def _marker(self) -> bytes:
