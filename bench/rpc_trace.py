@@ -4,18 +4,20 @@ RPC traces (``relay/rpc_trace.py``) and split each receipt into hops.
     RELAY_RPC_TRACE=DIR python -m bench.run --scenarios heavy-nn ...
     python -m bench.rpc_trace DIR
 
-Hops of one receipt (one clock, ``time.monotonic_ns``):
+Hops of one receipt (one clock, ``time.monotonic_ns``). A poll loop cannot
+tell a message still on its way from one it has not come round to, so the
+first hop of each side holds both:
 
 - ``in_busy``: sent by the load generator -> the ingress loop entered the
-  poll that returned it (the ingress was busy with earlier turns);
-- ``in_wake``: -> that poll returned (sender's I/O thread, TCP, ingress I/O
-  thread, the ingress waking up);
+  poll that returned it (the message on its way: the sender's I/O thread,
+  TCP, the ingress's control I/O thread; or the ingress busy with earlier
+  turns);
+- ``in_wake``: -> that poll returned (the same, with the ingress waiting);
 - ``in_turn``: that turn's earlier work before this message was read;
 - ``fanout``: read -> its last copy handed to the ROUTER;
-- ``rx_busy``: -> the receiver entered the poll that returned it (the
-  receiver busy elsewhere);
-- ``rx_wake``: -> that poll returned (ingress I/O thread, TCP, receiver's
-  I/O thread, the receiver waking up);
+- ``rx_busy``: -> the receiver entered the poll that returned it (the copy
+  on its way, or the receiver busy elsewhere);
+- ``rx_wake``: -> that poll returned (the same, with the receiver waiting);
 - ``in_poll``: -> the receiver read it (other sockets served first).
 
 Only RPCs the ingress fanned out are joined; the others are counted.

@@ -2,14 +2,12 @@
 
 A diagnostic, off unless ``RELAY_RPC_TRACE`` names a directory. The ingress
 records, for each RPC it fans out, the crc32 of the payload as received, when
-its main loop last entered poll before reading it, when that poll returned,
-when it was read, and when its last copy was handed to the ROUTER; the load
-generator records the same crc32 with its send, poll-entry, poll-return and
-receive times. All are
-``time.monotonic_ns()``, one clock for every process on Linux, so joining the
-files by crc32 splits an RPC's latency into: sender -> ingress turn, waiting
-inside the turn, the fan-out itself, and ROUTER -> receiver
-(``bench/rpc_trace.py``).
+its main loop entered the poll that preceded the read, when that poll
+returned, when the RPC was read, and when its last copy was handed to the
+ROUTER; the load generator records the same crc32 with its send, poll-entry,
+poll-return and receive times. All are ``time.monotonic_ns()``, one clock for
+every process on Linux, so joining the files by crc32 splits an RPC's
+latency into hops from sender to receiver (``bench/rpc_trace.py``).
 
 Bounded: at most ``limit`` records; more are counted, not kept.
 """
