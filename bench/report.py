@@ -8,6 +8,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import orjson
@@ -254,10 +255,12 @@ def headline(result: dict[str, Any]) -> list[str]:
 def fanout_lines(result: dict[str, Any]) -> list[str]:
     """Heavy control fan-out and the noisy-neighbour points against the bare forwarder
     (issue "Control latency under heavy fan-out": RPC p99 <= 1.5x, CPU per message
-    <= 1.3x, noisy-neighbour overload RPC p99 <= 2x)."""
+    <= 1.3x, noisy-neighbour overload RPC p99 <= 2x); a scenario measured in
+    several rounds adds the median and range of its per-round ratios."""
     lines = []
     for key in ("heavy", "heavy-nn", "overload-nn"):
-        points = {p["server"]: p["summary"] for p in result["points"] if p["scenario"] == key and "summary" in p}
+        points = {p["server"]: p["summary"] for p in result["points"]
+                  if p["scenario"] == key and p["phase"] == "scenario" and "summary" in p}
         bare = points.get("bare")
         for name, s in points.items():
             if not name.startswith("relay"):
@@ -271,14 +274,78 @@ def fanout_lines(result: dict[str, Any]) -> list[str]:
                 if cpu and bare_cpu:
                     text += f", CPU per message x{cpu / bare_cpu:.2f}"
             lines.append(text)
+        ratios = round_ratios(result, key)
+        for name, by_metric in ratios.items():
+            rounds = len(by_metric["rpc_p99"])
+            if rounds < 2:
+                continue
+            parts = [f"{label} median x{median(v):.2f} (x{min(v):.2f}–{max(v):.2f})"
+                     for label, v in (("RPC p99", by_metric["rpc_p99"]), ("CPU per message", by_metric["cpu"]))
+                     if v]
+            lines.append(f"{key} {name} vs bare over {rounds} interleaved rounds: " + ", ".join(parts))
     return lines
+
+
+def _rounds(result: dict[str, Any], key: str) -> dict[int, dict[str, dict[str, Any]]]:
+    """round -> server -> summary, for one scenario's measured points."""
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for p in result["points"]:
+        if p["scenario"] == key and p["phase"] in ("scenario", "repeat") and "summary" in p:
+            out.setdefault(p.get("round", 1), {})[p["server"]] = p["summary"]
+    return out
+
+
+def round_ratios(result: dict[str, Any], key: str) -> dict[str, dict[str, list[float]]]:
+    """Per relay, its RPC p99 and CPU per message over the bare forwarder's of the
+    same round (points measured back to back share the machine's state)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for _round, servers in sorted(_rounds(result, key).items()):
+        bare = servers.get("bare")
+        if bare is None:
+            continue
+        for name, s in servers.items():
+            if not name.startswith("relay"):
+                continue
+            ratios = out.setdefault(name, {"rpc_p99": [], "cpu": []})
+            if s["rpc"]["p99"] is not None and bare["rpc"]["p99"]:
+                ratios["rpc_p99"].append(s["rpc"]["p99"] / bare["rpc"]["p99"])
+            cpu, bare_cpu = s["server"]["cpu_ms_per_1k_msgs"], bare["server"]["cpu_ms_per_1k_msgs"]
+            if cpu and bare_cpu:
+                ratios["cpu"].append(cpu / bare_cpu)
+    return out
+
+
+def rounds_table(result: dict[str, Any]) -> list[str]:
+    """Every round of the repeated scenarios, with the ratios to the bare forwarder of that round."""
+    keys = list(dict.fromkeys(p["scenario"] for p in result["points"] if p["phase"] == "repeat"))
+    rows = []
+    for key in keys:
+        for round_no, servers in sorted(_rounds(result, key).items()):
+            bare = servers.get("bare")
+            for name, s in servers.items():
+                cpu = s["server"]["cpu_ms_per_1k_msgs"]
+                rpc_ratio = cpu_ratio = "–"
+                if bare is not None and name != "bare":
+                    if s["rpc"]["p99"] is not None and bare["rpc"]["p99"]:
+                        rpc_ratio = f"x{s['rpc']['p99'] / bare['rpc']['p99']:.2f}"
+                    if cpu and bare["server"]["cpu_ms_per_1k_msgs"]:
+                        cpu_ratio = f"x{cpu / bare['server']['cpu_ms_per_1k_msgs']:.2f}"
+                rows.append([key, str(round_no), name, f"{_f(s['rpc']['p50'])} / {_f(s['rpc']['p99'])} / "
+                             f"{_f(s['rpc']['max'])}", _f(cpu), rpc_ratio, cpu_ratio])
+    if not rows:
+        return []
+    return ["## Repeated rounds", "",
+            "The scenarios below ran again after the first pass, every server once per round, back to back; "
+            "each ratio compares a relay with the bare forwarder of the same round.", "",
+            _md_table(["scenario", "round", "server", "RPC p50 / p99 / max ms", "CPU ms / 1k msgs",
+                       "RPC p99 vs bare", "CPU per message vs bare"], rows), ""]
 
 
 def thread_table(result: dict[str, Any], scenario: str = "heavy") -> list[str]:
     """CPU and wake-ups per thread of every server at one scenario (bench/thread_usage.py)."""
     rows = []
     for p in result["points"]:
-        if p["scenario"] != scenario or "summary" not in p:
+        if p["scenario"] != scenario or p["phase"] != "scenario" or "summary" not in p:
             continue
         threads = p["summary"]["server"].get("threads") or []
         for t in threads:
@@ -417,6 +484,7 @@ def markdown(result: dict[str, Any], pngs: dict[str, Path]) -> str:
         "",
         ramp_table(result),
         "",
+        *rounds_table(result),
         *thread_table(result),
     ]
     if result["unavailable"]:
