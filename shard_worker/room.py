@@ -504,6 +504,30 @@ class Room:
         self.pose_dirty = True
         return self._with_join_syncs([])
 
+    def repeat_pose(self, member: Member, identity: bytes, stealth: bool, body: bytes, now: float) -> bool:
+        """``on_client_pose`` for a member's next pose on the connection it
+        already uses, when that pose changes nothing but the pose itself.
+
+        The shard calls this for a sender it has seen (ShardState._pose_senders)
+        without looking the member up again. False, with nothing changed,
+        when the full handler is needed: the member has gone or been replaced,
+        the pose comes from another connection or changes stealth, or join
+        syncs wait to leave with the next handler's output.
+        """
+        if (
+            self._join_syncs
+            or member.stealth != stealth
+            or member.transform_identity != identity
+            or self.members.get(member.device_id) is not member
+        ):
+            return False
+        member.last_update = now
+        self.numbering.touch(member.device_id, now)
+        member.pose_body = body
+        member.pose_time = now
+        self.pose_dirty = True
+        return True
+
     def on_object_pose(
         self, device_id: str, object_id: int, pose_seq: int, pose_bytes: bytes, now: float
     ) -> list[Unicast]:

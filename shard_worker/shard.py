@@ -21,8 +21,9 @@ from relay.frames import DELIVERED_LANE, TAG_SIZE, encode_routes
 from relay.histogram import LatencyHistogram
 from relay.logs import RateLimitedLog
 from relay.protocol import ProtocolError, check_room_frame, decode_client_payload
-from relay.protocol.fastpath import split_client_pose, split_object_pose
+from relay.protocol.fastpath import check_pose_body, split_client_pose, split_object_pose
 from relay.protocol.messages import (
+    FLAG_STEALTH,
     OBJECT_TOPIC_SUFFIX,
     ClientHello,
     ClientVarClear,
@@ -35,6 +36,7 @@ from relay.protocol.messages import (
 )
 from relay.tick_grid import seconds_to_tick
 from shard_worker.room import (
+    Member,
     NvLimitError,
     RestValidationError,
     Room,
@@ -52,6 +54,10 @@ BroadcastOut = tuple[bytes, bytes, int]
 
 _CLIENT_POSE = int(MsgType.CLIENT_POSE)
 _OBJECT_POSE = int(MsgType.OBJECT_POSE)
+_TRANSFORM = int(Lane.TRANSFORM)
+# Connections remembered for the repeat-pose path; past this the memory is
+# dropped and refills from live traffic.
+MAX_POSE_SENDERS = 200_000
 
 
 # Messages for a room whose lease another shard still holds wait here
@@ -140,6 +146,11 @@ class ShardState:
         # Room frame -> validated room id: poses arrive at 10-60 Hz per client
         # and need not decode the same UTF-8 bytes every time.
         self._room_names: dict[bytes, str] = {}
+        # Transform identity -> (room frame, device header bytes, room, member)
+        # of its last accepted pose. A connection's next pose with the same
+        # header skips the room and member lookups and the device id decode
+        # (_repeat_pose); swept of gone rooms and members by every cleanup.
+        self._pose_senders: dict[bytes, tuple[bytes, bytes, Room, Member]] = {}
         # Cluster mode: whether this shard owns a room in the current view,
         # and which node holds a control connection (for the console).
         self.owns: Callable[[str], bool] | None = None
@@ -373,6 +384,10 @@ class ShardState:
     def handle(
         self, lane: int, identity: bytes, room_frame: bytes, payload: bytes, now: float
     ) -> list[UnicastOut]:
+        if lane == _TRANSFORM:
+            sender = self._pose_senders.get(identity)
+            if sender is not None and self._repeat_pose(sender, identity, room_frame, payload, now):
+                return []
         try:
             room_id = self._room_names.get(room_frame)
             if room_id is None:
@@ -386,7 +401,7 @@ class ShardState:
                            lane, identity, room_frame, payload, now)
                 return []
             if lane == Lane.TRANSFORM:
-                return self._handle_transform(identity, room_id, payload, now)
+                return self._handle_transform(identity, room_frame, room_id, payload, now)
             if lane == Lane.CONTROL:
                 return self._handle_control(identity, room_id, payload, now)
             if lane == DELIVERED_LANE:
@@ -405,8 +420,52 @@ class ShardState:
             self.drops.exception("handler_error", "handler error for room %r", room_frame[:64])
             return []
 
+    def _repeat_pose(
+        self, sender: tuple[bytes, bytes, Room, Member], identity: bytes, room_frame: bytes,
+        payload: bytes, now: float,
+    ) -> bool:
+        """Apply a pose from a connection whose last pose named the same room
+        and device (same bytes), if nothing but the pose changes; else False
+        and the full path (``_handle_transform``) runs, with its drop reasons."""
+        frame, head, room, member = sender
+        if room_frame != frame or not payload.startswith(head):
+            return False
+        room_id = room.room_id
+        if self.rooms.get(room_id) is not room or (self.held and room_id in self.held):
+            return False
+        start = len(head)
+        try:
+            flags = check_pose_body(payload, start, self.max_virtuals)
+        except ProtocolError:
+            return False
+        if not room.repeat_pose(member, identity, bool(flags & FLAG_STEALTH), payload[start:], now):
+            return False
+        room.last_touch = now
+        self._stats_dirty.add(room_id)
+        self.messages_in["client_pose"] += 1
+        return True
+
+    def _remember_pose_sender(
+        self, identity: bytes, room_frame: bytes, room: Room, device_id: str, header: bytes
+    ) -> None:
+        member = room.members.get(device_id)
+        if member is None or member.transform_identity != identity:
+            return
+        senders = self._pose_senders
+        if identity not in senders and len(senders) >= MAX_POSE_SENDERS:
+            senders.clear()  # bounded; refills from live traffic
+        senders[identity] = (room_frame, header, room, member)
+
+    def _sweep_pose_senders(self) -> None:
+        rooms = self.rooms
+        self._pose_senders = {
+            identity: sender for identity, sender in self._pose_senders.items()
+            if rooms.get(sender[2].room_id) is sender[2]
+            and sender[2].members.get(sender[3].device_id) is sender[3]
+        }
+
     def _handle_transform(
-        self, identity: bytes, room_id: str, payload: bytes, now: float
+        self, identity: bytes, room_frame: bytes, room_id: str, payload: bytes, now: float
     ) -> list[UnicastOut]:
         msg_type = payload[0] if payload else -1
         if msg_type == _CLIENT_POSE:
@@ -416,6 +475,7 @@ class ShardState:
             self.messages_in["client_pose"] += 1
             room = self._room(room_id, now)
             out = room.on_client_pose(identity, device_id, flags, body, now)
+            self._remember_pose_sender(identity, room_frame, room, device_id, payload[: len(payload) - len(body)])
             if room.mapping_dirty:
                 # A new member or a changed connection: the mapping timer.
                 self._timer_rooms.add(room_id)
@@ -654,6 +714,8 @@ class ShardState:
             self._expire_evicted(now)
         if self._control_buckets:
             self._sweep_control_buckets(now)
+        if self._pose_senders:
+            self._sweep_pose_senders()
         return out
 
     def _broadcast_tick(self, now: float, ctrl_backlog: int) -> list[BroadcastOut]:

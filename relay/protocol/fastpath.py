@@ -20,6 +20,7 @@ __all__ = [
     "assemble_room_objects",
     "assemble_room_pose",
     "body_size",
+    "check_pose_body",
     "room_pose_header",
     "split_client_pose",
     "split_object_pose",
@@ -100,6 +101,16 @@ def split_client_pose(payload: bytes, max_virtuals: int = MAX_VIRTUALS) -> tuple
     An empty device id is structurally valid here; rejecting it is the caller's policy.
     """
     payload, device_id, start = _device_header(payload, _CLIENT_POSE, "client pose")
+    flags = check_pose_body(payload, start, max_virtuals)
+    return device_id, flags, payload[start:]
+
+
+def check_pose_body(payload: bytes, start: int, max_virtuals: int = MAX_VIRTUALS) -> int:
+    """Check the POSE_BODY of a MSG_CLIENT_POSE that starts at ``start``; return its flags.
+
+    Raises ProtocolError. The shard's repeat-pose path calls this alone: it
+    has already matched the device header bytes of the same sender.
+    """
     size = len(payload)
     # Body header (4 bytes) must be complete to read flags and encodingFlags.
     if size < start + 4:
@@ -118,7 +129,7 @@ def split_client_pose(payload: bytes, max_virtuals: int = MAX_VIRTUALS) -> tuple
         if size < end:
             raise ProtocolError(E.TRUNCATED, "virtual entries")
         raise ProtocolError(E.TRAILING_BYTES, f"{size - end} trailing bytes")
-    return device_id, flags, payload[start:]
+    return flags
 
 
 def split_object_pose(payload: bytes) -> tuple[str, int, int, bytes]:
