@@ -8,6 +8,8 @@ what the room then sends: the outcome has to equal the full handler's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from relay.protocol import encode
@@ -21,6 +23,7 @@ from relay.protocol.messages import (
     PoseBody,
     RoomPose,
 )
+from shard_worker.shard import ShardState
 from tests.test_shard_state import (
     CTRL,
     XFM,
@@ -36,7 +39,7 @@ from tests.test_shard_state import (
 pytestmark = pytest.mark.timeout(30)
 
 
-def room_pose(state, now: float) -> list[tuple[int, PoseBody]]:
+def room_pose(state: ShardState, now: float) -> list[tuple[int, PoseBody]]:
     """(client number, body) of every client in the room pose of this tick."""
     by_topic = broadcasts_by_topic(state.tick(now)[1])
     message, _ = by_topic[b"r"]
@@ -119,35 +122,35 @@ def test_a_pose_for_another_room_on_a_known_connection_goes_to_that_room() -> No
     assert [e.body for e in by_topic[b"other"][0].clients] == [pose_body(2, 2)]  # type: ignore[union-attr]
 
 
-def test_a_member_that_timed_out_rejoins_with_its_next_pose() -> None:
-    state = new_state(client_timeout=1.0)
-    state.handle(CTRL, b"b", b"r", hello("B"), 0.0)
-    state.handle(XFM, b"xa", b"r", pose("A", 1), 0.0)
+def _time_out_a(state: ShardState) -> float:
+    """A stops sending while B stays: the cleanup sweep removes A (and its sender)."""
     for step in range(1, 31):
         now = step * 0.1
         state.handle(CTRL, b"b", b"r", hello("B"), now)
         state.tick(now)
-    assert "A" not in state.rooms["r"].members
-
-    state.handle(XFM, b"xa", b"r", pose("A", 2, 9), 3.05)
-
-    assert "A" in state.rooms["r"].members
-    assert (2, pose_body(2, 9)) in room_pose(state, 3.1)
+    return 3.05
 
 
-def test_an_evicted_member_rejoins_with_its_next_pose_before_any_cleanup() -> None:
-    state = new_state()
-    state.handle(CTRL, b"b", b"r", hello("B"), 0.0)
-    state.handle(XFM, b"xa", b"r", pose("A", 1), 0.0)
+def _evict_a(state: ShardState) -> float:
+    """A is evicted over the admin API: no cleanup runs before its next pose."""
     reply, _ = state.admin({"op": "evict", "room": "r", "device": "A"}, 0.01)
     assert reply["outcome"] == "ok", reply
+    return 0.02
+
+
+@pytest.mark.parametrize("remove_a", [_time_out_a, _evict_a], ids=["timed_out", "evicted_before_cleanup"])
+def test_a_member_that_left_rejoins_with_its_next_pose(remove_a: Callable[[ShardState], float]) -> None:
+    state = new_state(client_timeout=1.0)
+    state.handle(CTRL, b"b", b"r", hello("B"), 0.0)
+    state.handle(XFM, b"xa", b"r", pose("A", 1), 0.0)
+    now = remove_a(state)
     assert "A" not in state.rooms["r"].members
 
     # Same connection, same header: the remembered member is gone.
-    state.handle(XFM, b"xa", b"r", pose("A", 2, 9), 0.02)
+    state.handle(XFM, b"xa", b"r", pose("A", 2, 9), now)
 
     assert "A" in state.rooms["r"].members
-    assert (2, pose_body(2, 9)) in room_pose(state, 0.05)
+    assert (2, pose_body(2, 9)) in room_pose(state, now + 0.05)
 
 
 def test_a_room_forgotten_by_the_shard_is_not_written_through_a_remembered_sender() -> None:
